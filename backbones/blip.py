@@ -1,0 +1,121 @@
+"""BLIP retrieval models (transformers' BlipForImageTextRetrieval) as CoVR uses them.
+
+- target / gallery embedding: normalize(vision_proj(ViT(img)[:, 0]))
+- composed query f(q, t): the text encoder reads the caption with its first token
+  replaced by [ENC] and cross-attends to the reference image's ViT tokens;
+  normalize(text_proj(CLS))
+- text-only embedding: the text encoder without the image (BLIP's "text" mode);
+  normalize(text_proj(CLS))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import BlipForImageTextRetrieval, PreTrainedTokenizerBase
+
+from backbones.preprocess import ImagePreprocess
+
+ENC_TOKEN = "[ENC]"
+EVAL_MAX_TEXT_LEN = 64  # CoVR evaluates with 64 tokens and trains with 35
+TRAIN_MAX_TEXT_LEN = 35
+
+
+class BlipComposer:
+    def __init__(
+        self,
+        name: str,
+        model: BlipForImageTextRetrieval,
+        tokenizer: PreTrainedTokenizerBase,
+        preprocessing: ImagePreprocess,
+        checkpoint_id: str,
+    ):
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocessing = preprocessing
+        self.checkpoint_id = checkpoint_id
+        self.image_size = preprocessing.size
+        self.embed_dim = model.config.image_text_hidden_size
+        self.max_text_len = EVAL_MAX_TEXT_LEN
+        if ENC_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [ENC_TOKEN]})
+        self.enc_token_id = tokenizer.convert_tokens_to_ids(ENC_TOKEN)
+        vocab_size = model.config.text_config.vocab_size
+        if self.enc_token_id >= vocab_size:
+            raise ValueError(
+                f"{ENC_TOKEN} got id {self.enc_token_id} but the text encoder has only "
+                f"{vocab_size} embeddings: the tokenizer does not match the checkpoint"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- images -------------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.preprocessing.to_uint8(image)
+
+    def normalize(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
+        return self.preprocessing.normalize(pixels_uint8)
+
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixels).last_hidden_state
+
+    def image_embedding_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_embedding_from_tokens(self.image_tokens(pixels))
+
+    # -- text ---------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=self.max_text_len,
+            return_tensors="pt",
+        )
+        return {"input_ids": batch["input_ids"].to(self.device),
+                "attention_mask": batch["attention_mask"].to(self.device)}
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenize(texts)
+        hidden = self.model.text_encoder(**batch).last_hidden_state
+        return F.normalize(self.model.text_proj(hidden[:, 0, :]).float(), dim=-1)
+
+    def query_embedding_from_tokens(self, tokens: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenize(texts)
+        batch["input_ids"][:, 0] = self.enc_token_id
+        image_mask = torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+        hidden = self.model.text_encoder(
+            **batch, encoder_hidden_states=tokens, encoder_attention_mask=image_mask
+        ).last_hidden_state
+        return F.normalize(self.model.text_proj(hidden[:, 0, :]).float(), dim=-1)
+
+    def encode_query(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        return self.query_embedding_from_tokens(self.image_tokens(pixels), texts)
+
+    # -- training and saving ------------------------------------------------------
+    def trainable_parameters(self, train_vision: bool) -> list[torch.nn.Parameter]:
+        """CoVR trains the text encoder and both projections; the ViT only if asked.
+        The ITM head takes no part in retrieval."""
+        modules = [self.model.text_encoder, self.model.text_proj, self.model.vision_proj]
+        if train_vision:
+            modules.append(self.model.vision_model)
+        return [p for m in modules for p in m.parameters()]
+
+    def save(self, directory: str | Path) -> None:
+        """A transformers directory (model + tokenizer) that loads back as a checkpoint."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / "coir_preprocess.json").write_text(
+            json.dumps(self.preprocessing.describe(), indent=2)
+        )

@@ -1,0 +1,74 @@
+"""Checkpoint resolution: a local transformers directory, or a hub id (from the
+local cache, or downloaded when online; HF_HUB_OFFLINE=1 forbids downloads).
+The format is never guessed from a file's keys: a directory is a transformers
+checkpoint; original BLIP / LAVIS / CoVR files go through named conversions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    source: str  # what to pass to from_pretrained
+    kind: str  # "directory" | "hub"
+    available: bool  # False: a hub id that is not cached and must be downloaded
+
+
+def resolve(checkpoint: str | None, default_hub_id: str | None, backbone: str) -> ResolvedCheckpoint:
+    chosen = checkpoint or default_hub_id
+    if chosen is None:
+        raise HarnessError(f"{backbone} needs --checkpoint DIR (a transformers checkpoint directory)")
+    path = Path(chosen).expanduser()
+    if path.exists():
+        if path.is_dir() and (path / "config.json").is_file():
+            return ResolvedCheckpoint(str(path.resolve()), "directory", True)
+        if path.is_file():
+            raise HarnessError(
+                f"{path} is a single file. {backbone} reads transformers checkpoint directories "
+                "(config.json + weights); original BLIP/LAVIS/CoVR .pth/.ckpt files are "
+                "converted to that format first."
+            )
+        raise HarnessError(f"{path} is not a transformers checkpoint directory (no config.json)")
+    if chosen.count("/") != 1 or chosen.startswith((".", "/", "~")):
+        raise HarnessError(f"checkpoint {chosen!r}: no such directory, and not a hub id (owner/name)")
+    return ResolvedCheckpoint(chosen, "hub", _in_hub_cache(chosen))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str | None:
+    """Why the weights cannot be had without a download we may not make, or None."""
+    if resolved.available:
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    why = "HF_HUB_OFFLINE is set" if offline else "it would have to be downloaded"
+    return (
+        f"weights for {backbone}: hub id {resolved.source} is not in the local Hugging Face "
+        f"cache and {why}. Either run once online (it is downloaded to the cache), or pass "
+        f"--checkpoint DIR with a transformers checkpoint directory (config.json, "
+        f"model.safetensors, tokenizer files)."
+    )
+
+
+def directory_sha256(path: str | Path) -> str:
+    """One hash over a checkpoint directory's weight and config files, for provenance."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin", ".txt"):
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""coir-bench harness: suites, metrics, fine-tuning, results and reports."""

@@ -1,0 +1,77 @@
+"""RunConfig: one typed config per run, hashed into every result."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+from harness.recipes import RECIPES, default_recipe
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    backbone: str = "blip-tiny"
+    suite: str = "shapes"
+    split: str = "val"
+    train_split: str = "train"
+    data_root: str | None = None
+    checkpoint: str | None = None
+    out: str = "results"
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+    # fine-tuning (values from the recipe unless given)
+    train: bool = False
+    recipe: str = "tiny"
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    temperature: float = 0.07
+    hnnce_alpha: float = 1.0
+    hnnce_beta: float = 0.5
+    train_vision: bool = True
+    max_train_queries: int | None = None
+    # evaluation
+    eval_batch_size: int = 256
+    convention: str = "covr"
+    tie_rule: str = "pessimistic"
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> RunConfig:
+        """Fill what the user left unset from the recipe and the backbone's needs."""
+        given = {k: v for k, v in vars(args).items() if v is not None and k in _FIELDS}
+        recipe = given.get("recipe") or default_recipe(given.get("backbone", cls.backbone))
+        if recipe not in RECIPES:
+            raise HarnessError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+        values = {**RECIPES[recipe], **given, "recipe": recipe}
+        if "train" not in given:
+            # A randomly initialised backbone is meaningless untrained.
+            values["train"] = values.get("backbone", cls.backbone) == "blip-tiny" and not values.get("checkpoint")
+        if values.get("precision", "auto") not in PRECISIONS:
+            raise HarnessError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def config_id(self) -> str:
+        """Short, filesystem-safe name of this configuration."""
+        return self.hash()[:8]
+
+    def hash(self) -> str:
+        """Identity of what is computed: everything but where results are written."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("out", "threads")}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}

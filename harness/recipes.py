@@ -1,0 +1,28 @@
+"""Fine-tuning recipes: named sets of hyperparameters a run starts from.
+
+`covr` is CoVR's CIRR recipe for pretrained BLIP (AdamW lr 1e-4, weight decay
+0.05, 6 epochs, HN-NCE alpha 1 beta 0.5, temperature 0.07, ViT frozen, batch
+1024 across GPUs). `tiny` is for blip-tiny trained from random weights on
+shapes on 2 CPU cores: a higher learning rate with warm-up and clipping (a run
+without them can stall at loss ln(batch)), the vision tower trained since no
+pretrained one exists, and a batch that fits the CPU.
+"""
+
+from __future__ import annotations
+
+RECIPES: dict[str, dict] = {
+    "covr": dict(
+        epochs=6, batch_size=1024, lr=1e-4, weight_decay=0.05, warmup_steps=0,
+        grad_clip=0.0, temperature=0.07, hnnce_alpha=1.0, hnnce_beta=0.5,
+        train_vision=False,
+    ),
+    "tiny": dict(
+        epochs=4, batch_size=128, lr=5e-4, weight_decay=0.05, warmup_steps=30,
+        grad_clip=1.0, temperature=0.07, hnnce_alpha=1.0, hnnce_beta=0.5,
+        train_vision=True,
+    ),
+}
+
+
+def default_recipe(backbone: str) -> str:
+    return "tiny" if backbone == "blip-tiny" else "covr"

@@ -1,0 +1,57 @@
+"""The command line: help, clear errors without tracebacks, fast failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.run import build_parser, main
+from tests.conftest import REPO
+
+
+def test_help_lists_backbones_and_suites():
+    text = build_parser().format_help()
+    for name in ("blip-tiny", "blip-base", "blip-large", "cirr", "shapes"):
+        assert name in text
+
+
+def test_typo_gets_a_suggestion(capsys):
+    assert main(["--backbone", "blip-larg", "--suite", "shapes"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone 'blip-larg'" in err and "'blip-large'" in err
+
+
+def test_fp16_on_cpu_is_refused(capsys, tmp_path):
+    code = main(["--precision", "fp16", "--device", "cpu", "--out", str(tmp_path), "--suite", "cirr",
+                 "--data-root", str(tmp_path)])
+    assert code == 2
+
+
+def test_blip_large_on_cirr_without_weights_or_images_fails_fast(tmp_path):
+    """No weights and no data: a message saying what is missing and where it goes,
+    within seconds, and no traceback."""
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "HF_HOME": str(tmp_path / "hf")}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--backbone", "blip-large", "--suite", "cirr"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "Salesforce/blip-itm-large-coco" in proc.stderr and "--checkpoint" in proc.stderr
+    assert "--data-root" in proc.stderr and "captions/cap.rc2" in proc.stderr
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--suite", "cirr", "--data-root", "/nonexistent/cirr"], "does not exist"),
+    (["--split", "test2"], "not 'test2'"),
+])
+def test_bad_inputs_are_explained(args, needle, capsys, tmp_path):
+    assert main([*args, "--out", str(tmp_path), "--no-train"]) == 2
+    assert needle in capsys.readouterr().err

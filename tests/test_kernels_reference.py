@@ -1,0 +1,66 @@
+"""The chunked torch reference against direct full-matrix computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+
+
+def brute_counts(q, g, positives, exclude):
+    scores = q @ g.T
+    greater = torch.zeros_like(positives)
+    equal = torch.zeros_like(positives)
+    for i in range(q.shape[0]):
+        for p in range(positives.shape[1]):
+            j = positives[i, p].item()
+            if j < 0:
+                continue
+            others = [c for c in range(g.shape[0]) if c != j and c != exclude[i].item()]
+            greater[i, p] = sum(bool(scores[i, c] > scores[i, j]) for c in others)
+            equal[i, p] = sum(bool(scores[i, c] == scores[i, j]) for c in others)
+    return greater, equal
+
+
+@pytest.mark.parametrize("chunk", [1, 7, None])
+def test_rank_counts_match_brute_force_for_any_chunk(chunk):
+    torch.manual_seed(0)
+    q = torch.randint(-2, 3, (23, 8)).float()  # integer embeddings: exact ties
+    g = torch.randint(-2, 3, (41, 8)).float()
+    positives = torch.randint(0, 41, (23, 3))
+    positives[::4, 2] = -1
+    exclude = torch.randint(0, 41, (23,))
+    exclude[positives[:, 0] == exclude] = -1  # positives never excluded
+    exclude[::5] = -1
+    greater, equal, pos_scores = reference.target_rank_counts(q, g, positives, exclude, chunk=chunk)
+    expected_greater, expected_equal = brute_counts(q, g, positives, exclude)
+    mask = positives >= 0
+    assert torch.equal(greater[mask], expected_greater[mask])
+    assert torch.equal(equal[mask], expected_equal[mask])
+    assert torch.isnan(pos_scores[~mask]).all()
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_topk_excluding_is_a_stable_sorted_prefix(k):
+    torch.manual_seed(1)
+    q = torch.randint(-1, 2, (13, 4)).float()
+    g = torch.randint(-1, 2, (41, 4)).float()
+    exclude = torch.randint(0, 41, (13,))
+    values, indices = reference.topk_excluding(q, g, k, exclude, chunk=5)
+    scores = q @ g.T
+    for i in range(13):
+        order = [j for j in sorted(range(41), key=lambda j: (-scores[i, j].item(), j)) if j != exclude[i]]
+        assert indices[i].tolist() == order[:k]
+        assert exclude[i].item() not in indices[i].tolist()
+    assert values.shape == (13, min(k, 40))
+
+
+def test_public_functions_check_shapes():
+    with pytest.raises(ValueError, match="same D"):
+        kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 5), 1, torch.full((2,), -1))
+    with pytest.raises(ValueError, match="empty"):
+        kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(0, 3), 1, torch.full((2,), -1))
+    with pytest.raises(ValueError, match="unknown kernel implementation"):
+        kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 3), 1, torch.full((2,), -1), impl="cuda-magic")
