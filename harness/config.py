@@ -12,6 +12,7 @@ from harness.errors import HarnessError
 from harness.recipes import RECIPES, default_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_TINY = RECIPES["tiny"]
 
 
 @dataclass(frozen=True)
@@ -27,19 +28,19 @@ class RunConfig:
     precision: str = "auto"
     seed: int = 0
     threads: int | None = None
-    # fine-tuning (values from the recipe unless given)
+    # fine-tuning (values from the recipe unless given; the defaults are the tiny recipe's)
     train: bool = False
     recipe: str = "tiny"
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 30
-    grad_clip: float = 1.0
-    temperature: float = 0.07
-    hnnce_alpha: float = 1.0
-    hnnce_beta: float = 0.5
-    train_vision: bool = True
+    epochs: int = _TINY["epochs"]
+    batch_size: int = _TINY["batch_size"]
+    lr: float = _TINY["lr"]
+    weight_decay: float = _TINY["weight_decay"]
+    warmup_steps: int = _TINY["warmup_steps"]
+    grad_clip: float = _TINY["grad_clip"]
+    temperature: float = _TINY["temperature"]
+    hnnce_alpha: float = _TINY["hnnce_alpha"]
+    hnnce_beta: float = _TINY["hnnce_beta"]
+    train_vision: bool = _TINY["train_vision"]
     max_train_queries: int | None = None
     # evaluation
     eval_batch_size: int = 256
@@ -48,8 +49,14 @@ class RunConfig:
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> RunConfig:
+        return cls.resolve({k: v for k, v in vars(args).items() if v is not None and k in _FIELDS})
+
+    @classmethod
+    def resolve(cls, given: dict) -> RunConfig:
         """Fill what the user left unset from the recipe and the backbone's needs."""
-        given = {k: v for k, v in vars(args).items() if v is not None and k in _FIELDS}
+        unknown = set(given) - _FIELDS
+        if unknown:
+            raise TypeError(f"unknown RunConfig fields: {', '.join(sorted(unknown))}")
         recipe = given.get("recipe") or default_recipe(given.get("backbone", cls.backbone))
         if recipe not in RECIPES:
             raise HarnessError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")

@@ -37,6 +37,8 @@ class TrainResult:
     loss_curve: list[float] = field(default_factory=list)  # one mean loss per epoch
     step_losses: list[float] = field(default_factory=list)
     checkpoint: str | None = None
+    stalled: bool = False  # the last epoch's loss stayed at chance: embeddings collapsed
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +121,12 @@ def fine_tune(
         model.eval()
         backbone.max_text_len = EVAL_MAX_TEXT_LEN
     result.seconds = time.perf_counter() - start
+    # Chance level of the symmetric loss is 2 ln(batch): every pair scored alike.
+    chance = 2 * math.log(batch_size)
+    result.stalled = bool(result.loss_curve) and result.loss_curve[-1] > 0.98 * chance
+    if result.stalled:
+        say(f"warning: training loss stayed at chance ({result.loss_curve[-1]:.3f} vs 2 ln(batch) = "
+            f"{chance:.3f}): the embeddings collapsed; try a lower --lr or another --seed")
     result.samples_per_second = total_steps * batch_size / max(result.seconds, 1e-9)
     result.peak_memory_bytes = peak_memory_bytes(device)
     if checkpoint_dir is not None:

@@ -65,11 +65,11 @@ def test_bad_annotations_name_the_file_and_pair(tmp_path):
 @pytest.mark.slow
 def test_blip_tiny_evaluates_cirr_val_and_writes_test1_server_files(cirr_root, tmp_path):
     common = dict(backbone="blip-tiny", suite="cirr", data_root=str(cirr_root), out=str(tmp_path), train=False)
-    val = run(RunConfig(split="val", **common), argv=["--suite", "cirr"])
+    val = run(RunConfig.resolve({"split": "val", **common}), argv=["--suite", "cirr"])
     assert val["protocol"]["queries"] == 4181 and val["protocol"]["gallery_images"] == 2297
     assert set(val["metrics"]) == {"composed f(q,t)", "image-only q", "text-only t"}
 
-    test1 = run(RunConfig(split="test1", **common), argv=["--suite", "cirr", "--split", "test1"])
+    test1 = run(RunConfig.resolve({"split": "test1", **common}), argv=["--suite", "cirr", "--split", "test1"])
     assert test1["metrics"] is None
     example = json.loads((CIRR_ANNOTATIONS / "server_examples" / "test1_pred_ranks_recall.json").read_text())
     for metric, top in (("recall", 50), ("recall_subset", 3)):
