@@ -31,7 +31,8 @@ class Backbone(Protocol):
     name: str
     image_size: int
     embed_dim: int
-    checkpoint_id: str  # what was loaded, for results and cache keys
+    checkpoint_id: str  # what was loaded (path or hub id), for results
+    checkpoint_sha256: str  # its content hash, for results and cache keys
 
     def preprocess(self, image: Image.Image) -> np.ndarray: ...
     def normalize(self, pixels_uint8: torch.Tensor) -> torch.Tensor: ...

@@ -34,12 +34,14 @@ class BlipComposer:
         tokenizer: PreTrainedTokenizerBase,
         preprocessing: ImagePreprocess,
         checkpoint_id: str,
+        checkpoint_sha256: str,
     ):
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.checkpoint_id = checkpoint_id
+        self.checkpoint_sha256 = checkpoint_sha256  # content identity: results and cache keys
         self.image_size = preprocessing.size
         self.embed_dim = model.config.image_text_hidden_size
         self.max_text_len = EVAL_MAX_TEXT_LEN

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer, BlipForImageTextRetrieval
 
 from backbones.base import register_backbone
 from backbones.blip import BlipComposer
-from backbones.checkpoints import missing_weights_message, resolve
+from backbones.checkpoints import checkpoint_sha256, missing_weights_message, resolve
 from backbones.preprocess import ImagePreprocess
 
 
@@ -27,7 +27,10 @@ class PretrainedBlip:
         resolved = resolve(checkpoint, cls.default_checkpoint, cls.name)
         model = BlipForImageTextRetrieval.from_pretrained(resolved.source)
         tokenizer = AutoTokenizer.from_pretrained(resolved.source)
-        composer = BlipComposer(cls.name, model, tokenizer, ImagePreprocess(cls.image_size), resolved.source)
+        composer = BlipComposer(
+            cls.name, model, tokenizer, ImagePreprocess(cls.image_size), resolved.source,
+            checkpoint_sha256(resolved),
+        )
         composer.model.to(device).eval()
         return composer
 

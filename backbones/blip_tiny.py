@@ -17,7 +17,7 @@ from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
 from backbones.base import register_backbone
 from backbones.blip import ENC_TOKEN, BlipComposer
-from backbones.checkpoints import resolve
+from backbones.checkpoints import directory_sha256, resolve
 from backbones.preprocess import ImagePreprocess
 from harness.suites.shapes_generator import VOCABULARY
 
@@ -59,7 +59,9 @@ def build_random(seed: int = 0) -> BlipComposer:
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(tiny_config(len(tokenizer)))
-    return BlipComposer("blip-tiny", model, tokenizer, ImagePreprocess(IMAGE_SIZE), "random-init")
+    return BlipComposer(
+        "blip-tiny", model, tokenizer, ImagePreprocess(IMAGE_SIZE), "random-init", f"random-init-seed{seed}"
+    )
 
 
 @register_backbone("blip-tiny")
@@ -78,6 +80,8 @@ class BlipTiny:
             source = resolve(checkpoint, None, "blip-tiny").source
             model = BlipForImageTextRetrieval.from_pretrained(source)
             tokenizer = BertTokenizer.from_pretrained(source)
-            composer = BlipComposer("blip-tiny", model, tokenizer, ImagePreprocess(IMAGE_SIZE), source)
+            composer = BlipComposer(
+                "blip-tiny", model, tokenizer, ImagePreprocess(IMAGE_SIZE), source, directory_sha256(source)
+            )
         composer.model.to(device).eval()
         return composer

@@ -61,6 +61,16 @@ def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str 
     )
 
 
+def checkpoint_sha256(resolved: ResolvedCheckpoint) -> str:
+    """Content hash of a resolved checkpoint: its directory, or its hub snapshot."""
+    if resolved.kind == "directory":
+        return directory_sha256(resolved.source)
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(resolved.source, "config.json")
+    return directory_sha256(Path(config).parent) if isinstance(config, str) else f"hub:{resolved.source}"
+
+
 def directory_sha256(path: str | Path) -> str:
     """One hash over a checkpoint directory's weight and config files, for provenance."""
     path = Path(path)

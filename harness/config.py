@@ -44,6 +44,7 @@ class RunConfig:
     max_train_queries: int | None = None
     # evaluation
     eval_batch_size: int = 256
+    cache: bool = True  # reuse / store split embeddings in $COIR_BENCH_CACHE/embeddings
     convention: str = "covr"
     tie_rule: str = "pessimistic"
 
@@ -77,7 +78,7 @@ class RunConfig:
 
     def hash(self) -> str:
         """Identity of what is computed: everything but where results are written."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("out", "threads")}
+        identity = {k: v for k, v in self.to_dict().items() if k not in ("out", "threads", "cache")}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

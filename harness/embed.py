@@ -46,39 +46,41 @@ def embed_split(
         by_reference[q.reference].append(qi)
 
     store = ImageStore(data, backbone, image_ids, preload_limit_bytes=0)
-    image_emb = torch.empty(len(image_ids), backbone.embed_dim)
-    composed = torch.empty(len(queries), backbone.embed_dim)
+    # Shapes come from the first batch: (N, D), or (N, T, D) for multi-vector backbones.
+    image_emb = composed = text = None
     start_time = time.perf_counter()
     for start in progress(range(0, len(image_ids), batch_size), desc=f"embedding {data.split}", unit="batch"):
         batch_ids = image_ids[start : start + batch_size]
         pixels = backbone.normalize(store.batch(batch_ids).to(device))
         with autocast(precision, device):
             tokens = backbone.image_tokens(pixels)
-            image_emb[start : start + len(batch_ids)] = backbone.image_embedding_from_tokens(tokens).cpu()
+            batch_emb = backbone.image_embedding_from_tokens(tokens).cpu()
+            image_emb = _filled(image_emb, len(image_ids), batch_emb, start)
             pairs = [(qi, local) for local, i in enumerate(batch_ids) for qi in by_reference.get(i, ())]
             for sub in range(0, len(pairs), batch_size):
                 chunk = pairs[sub : sub + batch_size]
                 rows = [qi for qi, _ in chunk]
                 locals_ = torch.tensor([local for _, local in chunk], device=tokens.device)
                 captions = [queries[qi].caption for qi in rows]
-                composed[rows] = backbone.query_embedding_from_tokens(tokens[locals_], captions).cpu()
+                query_emb = backbone.query_embedding_from_tokens(tokens[locals_], captions).cpu()
+                composed = _filled(composed, len(queries), query_emb, rows)
     image_seconds = time.perf_counter() - start_time
 
     start_time = time.perf_counter()
-    text = torch.empty(len(queries), backbone.embed_dim)
     with autocast(precision, device):
         for start in range(0, len(queries), batch_size):
             captions = [q.caption for q in queries[start : start + batch_size]]
-            text[start : start + len(captions)] = backbone.encode_text(captions).cpu()
+            text = _filled(text, len(queries), backbone.encode_text(captions).cpu(), start)
     text_seconds = time.perf_counter() - start_time
 
     reference_rows = torch.tensor([row[q.reference] for q in queries], dtype=torch.long)
+    empty = torch.empty(0, backbone.embed_dim)
     return SplitEmbeddings(
         gallery_ids=list(data.gallery),
         gallery=image_emb[: len(data.gallery)],
-        composed=composed,
-        image=image_emb[reference_rows] if len(queries) else torch.empty(0, backbone.embed_dim),
-        text=text,
+        composed=composed if composed is not None else empty,
+        image=image_emb[reference_rows] if len(queries) else empty,
+        text=text if text is not None else empty,
         timings={
             "images_encoded": len(image_ids),
             "image_and_query_seconds": image_seconds,
@@ -87,3 +89,15 @@ def embed_split(
             "queries_per_second": len(queries) / max(image_seconds + text_seconds, 1e-9),
         },
     )
+
+
+def _filled(buffer: torch.Tensor | None, rows: int, values: torch.Tensor, where) -> torch.Tensor:
+    """Write `values` into `buffer` at `where` (a start row or a list of rows),
+    allocating the (rows, ...) float32 buffer on first use."""
+    if buffer is None:
+        buffer = torch.empty(rows, *values.shape[1:], dtype=torch.float32)
+    if isinstance(where, int):
+        buffer[where : where + len(values)] = values
+    else:
+        buffer[where] = values
+    return buffer

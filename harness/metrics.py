@@ -147,6 +147,10 @@ def subset_scores_of(
     """Scores of each query against its own img_set members (Q, M), and which
     members take part (not padding, not the reference)."""
     members = labels.members.clamp(min=0)
-    scores = torch.einsum("qd,qmd->qm", query_emb.float(), gallery_emb.float()[members])
+    scores = torch.stack(
+        [kernels.reference.rowwise_similarity(query_emb, gallery_emb[members[:, m]])
+         for m in range(members.shape[1])],
+        dim=1,
+    ) if members.shape[1] else torch.empty(members.shape)
     valid = (labels.members >= 0) & (labels.members != labels.reference[:, None])
     return scores, valid

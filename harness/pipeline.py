@@ -13,13 +13,16 @@ import numpy as np
 import torch
 
 from backbones import BACKBONES
+from backbones.checkpoints import directory_sha256
 from harness import provenance
 from harness.atomic import write_json, write_text
 from harness.config import RunConfig
 from harness.embed import embed_split
+from harness.embedding_cache import cached_embed
 from harness.errors import HarnessError
 from harness.evaluate import evaluate_methods, write_server_files
 from harness.metrics import CONVENTIONS, RECALL_KS, SUBSET_KS, TIE_RULES
+from harness.paths import cache_dir
 from harness.precision import resolve_device, resolve_precision
 from harness.progress import say
 from harness.report import result_markdown
@@ -82,11 +85,17 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict:
     if train_data is not None:
         say(f"fine-tuning {config.backbone} on {config.suite}/{config.train_split} "
             f"({len(train_data.queries)} queries, {config.epochs} epochs, batch {config.batch_size})")
-        result = fine_tune(backbone, train_data, config, device, precision, out_dir / "checkpoints" / stem)
+        checkpoint_dir = out_dir / "checkpoints" / stem
+        result = fine_tune(backbone, train_data, config, device, precision, checkpoint_dir)
         training = result.to_dict()
+        backbone.checkpoint_id = str(checkpoint_dir)
+        backbone.checkpoint_sha256 = directory_sha256(checkpoint_dir)
 
     say(f"embedding {config.suite}/{config.split}: {len(data.gallery)} images, {len(data.queries)} queries")
-    embeddings = embed_split(backbone, data, device, precision, config.eval_batch_size)
+    embeddings = cached_embed(
+        lambda: embed_split(backbone, data, device, precision, config.eval_batch_size),
+        backbone, data, precision, cache_dir() / "embeddings" if config.cache else None,
+    )
     metrics = server_files = None
     if data.has_targets:
         metrics = evaluate_methods(data, embeddings, config.convention, config.tie_rule)
@@ -115,6 +124,7 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict:
         "backbone": {
             "name": config.backbone,
             "checkpoint": backbone.checkpoint_id,
+            "checkpoint_sha256": backbone.checkpoint_sha256,
             "embed_dim": backbone.embed_dim,
             "image_size": backbone.image_size,
             "parameters": sum(p.numel() for p in backbone.model.parameters()),

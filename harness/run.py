@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the vision tower too (default: from the recipe; CoVR freezes it)")
     add("--max-train-queries", type=int, help="use only the first N training queries")
     add("--eval-batch-size", type=int)
+    add("--cache", action=argparse.BooleanOptionalAction,
+        help="reuse embeddings of the same weights, preprocessing and data (default on)")
     add("--convention", choices=CONVENTIONS, help="CIRR scoring convention (default covr)")
     add("--tie-rule", choices=TIE_RULES, help="how equal scores rank (default pessimistic)")
     return parser

@@ -58,10 +58,11 @@ def topk_excluding(
 
 
 def _check_pair(query: torch.Tensor, gallery: torch.Tensor) -> None:
-    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
+    shapes_ok = query.ndim in (2, 3) and gallery.ndim in (2, 3)
+    if not shapes_ok or query.shape[-1] != gallery.shape[-1]:
         raise ValueError(
             f"query {tuple(query.shape)} and gallery {tuple(gallery.shape)} must be "
-            "(Q, D) and (G, D) with the same D"
+            "(Q, D) or (Q, T, D) and (G, D) or (G, T, D) with the same D"
         )
     if gallery.shape[0] == 0:
         raise ValueError("the gallery is empty")

@@ -11,6 +11,8 @@ import torch
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
+# Elements of the (Q, G', S, T) token-pair block of max-sim scoring: 256 MB of fp32.
+MAXSIM_BLOCK_ELEMENTS = 64 << 20
 
 
 def _query_chunk(num_gallery: int, requested: int | None) -> int:
@@ -19,9 +21,39 @@ def _query_chunk(num_gallery: int, requested: int | None) -> int:
     return max(1, min(4096, _TARGET_CHUNK_BYTES // (4 * max(1, num_gallery))))
 
 
+def similarity(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Score matrix (Q, G) in fp32, whatever the storage dtype.
+
+    Single vectors score by inner product. Multi-vector features (BLIP-2's 32
+    query tokens) score by the max over token pairs, as CoVR-2 evaluates:
+    (Q, D) x (G, T, D) -> max over T; (Q, S, D) x (G, T, D) -> max over S and T.
+    """
+    q, g = query.float(), gallery.float()
+    if q.ndim == 2 and g.ndim == 2:
+        return q @ g.T
+    if q.ndim == 2:
+        q = q[:, None, :]
+    if g.ndim == 2:
+        g = g[:, None, :]
+    out = torch.empty(q.shape[0], g.shape[0], device=q.device)
+    step = max(1, MAXSIM_BLOCK_ELEMENTS // max(1, q.shape[0] * q.shape[1] * g.shape[1]))
+    for start in range(0, g.shape[0], step):
+        pairs = torch.einsum("qsd,gtd->qgst", q, g[start : start + step])
+        out[:, start : start + step] = pairs.amax(dim=(-1, -2))
+    return out
+
+
+def rowwise_similarity(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """Scores of row i of `query` against row i of `gallery`, (N,), by the rules of
+    `similarity`."""
+    q, g = query.float(), gallery.float()
+    q = q[:, None, :] if q.ndim == 2 else q
+    g = g[:, None, :] if g.ndim == 2 else g
+    return torch.einsum("nsd,ntd->nst", q, g).amax(dim=(-1, -2))
+
+
 def _scores(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    # fp32 accumulation whatever the storage dtype, so ranks do not depend on it.
-    return query.float() @ gallery.float().T
+    return similarity(query, gallery)
 
 
 def rank_counts_dense(

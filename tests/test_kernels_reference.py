@@ -64,3 +64,23 @@ def test_public_functions_check_shapes():
         kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(0, 3), 1, torch.full((2,), -1))
     with pytest.raises(ValueError, match="unknown kernel implementation"):
         kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 3), 1, torch.full((2,), -1), impl="cuda-magic")
+
+
+@pytest.mark.parametrize("query_tokens", [None, 4])
+def test_maxsim_matches_einsum_in_any_block_size(query_tokens, monkeypatch):
+    torch.manual_seed(2)
+    q = torch.randn(9, 8) if query_tokens is None else torch.randn(9, query_tokens, 8)
+    g = torch.randn(31, 6, 8)
+    if query_tokens is None:
+        expected = torch.einsum("qd,gtd->qgt", q, g).amax(-1)
+    else:
+        expected = torch.einsum("qsd,gtd->qgst", q, g).amax((-1, -2))
+    monkeypatch.setattr(reference, "MAXSIM_BLOCK_ELEMENTS", 100)  # many gallery blocks
+    torch.testing.assert_close(reference.similarity(q, g), expected)
+    rows = torch.arange(9) % 31
+    torch.testing.assert_close(reference.rowwise_similarity(q, g[rows]), expected[torch.arange(9), rows])
+    # rank counts run on the same scores
+    positives = rows[:, None]
+    greater, _, pos_scores = reference.target_rank_counts(q, g, positives, torch.full((9,), -1), chunk=4)
+    torch.testing.assert_close(pos_scores[:, 0], expected[torch.arange(9), rows])
+    assert torch.equal(greater[:, 0], (expected > expected[torch.arange(9), rows][:, None]).sum(1))
