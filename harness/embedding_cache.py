@@ -19,6 +19,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from harness import distributed
 from harness.embed import SplitEmbeddings
 from harness.suites.base import SplitData
 
@@ -87,18 +88,20 @@ def save(path: Path, ident: dict, data: SplitData, emb: SplitEmbeddings) -> None
         raise
 
 
-def cached_embed(embed, backbone, data: SplitData, precision: str, directory: Path | None) -> SplitEmbeddings:
-    """`embed()` unless the cache holds these embeddings; stores what it computes."""
+def cached_embed(embed, backbone, data: SplitData, precision: str, directory: Path | None):
+    """`embed()` unless the cache holds these embeddings; stores what it computes.
+    Under torchrun rank 0 decides and the others follow (they return None)."""
     if directory is None:
         return embed()
     ident = identity(backbone, data, precision)
     path = cache_path(directory, ident)
-    hit = load(path, ident, data)
-    if hit is not None:
+    hit = load(path, ident, data) if distributed.is_main() else None
+    if distributed.broadcast_from_rank0(hit is not None):
         return hit
     emb = embed()
-    emb.timings["cache"] = "miss"
-    save(path, ident, data, emb)
+    if emb is not None:  # rank 0
+        emb.timings["cache"] = "miss"
+        save(path, ident, data, emb)
     return emb
 
 

@@ -14,7 +14,7 @@ import torch
 
 from backbones import BACKBONES
 from backbones.checkpoints import directory_sha256
-from harness import provenance
+from harness import distributed, provenance
 from harness.atomic import write_json, write_text
 from harness.config import RunConfig
 from harness.embed import embed_split
@@ -60,13 +60,21 @@ def preflight(config: RunConfig):
     return backbone_entry, suite
 
 
-def run(config: RunConfig, argv: list[str] | None = None) -> dict:
+def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     backbone_entry, suite = preflight(config)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
+    if distributed.launched_by_torchrun():
+        if config.train:
+            raise HarnessError(
+                "fine-tuning runs in one process for now; launch evaluation-only runs "
+                "(--no-train) with torchrun, or train with plain python"
+            )
+        device = distributed.device_for_rank(device)
+        distributed.init(device)
 
     data = suite.load(config.split)
     check_images(data, list(dict.fromkeys([*data.gallery, *(q.reference for q in data.queries)])))
@@ -96,6 +104,8 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict:
         lambda: embed_split(backbone, data, device, precision, config.eval_batch_size),
         backbone, data, precision, cache_dir() / "embeddings" if config.cache else None,
     )
+    if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
+        return None
     metrics = server_files = None
     if data.has_targets:
         metrics = evaluate_methods(data, embeddings, config.convention, config.tie_rule)

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from tqdm import tqdm
 
 
-def progress(iterable: Iterable, **kwargs) -> Iterable:
-    return tqdm(iterable, disable=not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)
+def progress(iterable: Iterable, disable: bool = False, **kwargs) -> Iterable:
+    return tqdm(iterable, disable=disable or not sys.stderr.isatty(), dynamic_ncols=True, **kwargs)
 
 
 def say(message: str) -> None:
