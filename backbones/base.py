@@ -9,15 +9,17 @@ A backbone turns images and modification texts into L2-normalised embeddings:
     normalize(uint8 batch)        -> float pixels (N, 3, H, W) for the model
 
 Each is registered once by name with @register_backbone on a class giving
-`check(checkpoint) -> list[str]` (what is missing, found without loading or
+`check(options) -> list[str]` (what is missing, found without loading or
 downloading anything, so a run fails in seconds) and
-`load(checkpoint, device, seed) -> Backbone`, where checkpoint is a local
-directory, a hub id or None for the backbone's default. `image_tokens` / `*_from_tokens` split the
+`load(options, device) -> Backbone`; `LoadOptions.checkpoint` is a local
+transformers directory, a hub id, an original checkpoint file, or None for the
+backbone's default. `image_tokens` / `*_from_tokens` split the
 vision pass from the rest so that each image is encoded once per evaluation.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -46,12 +48,23 @@ class Backbone(Protocol):
     def save(self, directory) -> None: ...
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    checkpoint: str | None = None
+    # Format of a checkpoint file, by name; None: by the documented file kind
+    # (.pth: the backbone's original format, .ckpt: CoVR). Directories are transformers'.
+    checkpoint_format: str | None = None
+    tokenizer: str | None = None  # directory or hub id, for weight-only original files
+    model_config: str | None = None  # config.json overriding an original file's architecture
+    seed: int = 0  # for randomly initialised weights
+
+
 class BackboneEntry(Protocol):
     @classmethod
-    def check(cls, checkpoint: str | None) -> list[str]: ...
+    def check(cls, options: LoadOptions) -> list[str]: ...
 
     @classmethod
-    def load(cls, checkpoint: str | None, device: torch.device, seed: int) -> Backbone: ...
+    def load(cls, options: LoadOptions, device: torch.device) -> Backbone: ...
 
 
 BACKBONES: Registry[type] = Registry("backbone")

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 
-from backbones.base import register_backbone
+from backbones.base import LoadOptions, register_backbone
 from backbones.blip import ENC_TOKEN, BlipComposer
 from backbones.checkpoints import directory_sha256, resolve
 from backbones.preprocess import ImagePreprocess
@@ -67,17 +67,18 @@ def build_random(seed: int = 0) -> BlipComposer:
 @register_backbone("blip-tiny")
 class BlipTiny:
     @classmethod
-    def check(cls, checkpoint: str | None) -> list[str]:
-        if checkpoint is not None:
-            resolve(checkpoint, None, "blip-tiny")  # raises with the reason
+    def check(cls, options: LoadOptions) -> list[str]:
+        if options.checkpoint is not None and resolve(options.checkpoint, None, "blip-tiny").kind != "directory":
+            return ["blip-tiny loads transformers directories written by a blip-tiny run, "
+                    f"not {options.checkpoint}"]
         return []
 
     @classmethod
-    def load(cls, checkpoint: str | None, device: torch.device, seed: int = 0) -> BlipComposer:
-        if checkpoint is None:
-            composer = build_random(seed)
+    def load(cls, options: LoadOptions, device: torch.device) -> BlipComposer:
+        if options.checkpoint is None:
+            composer = build_random(options.seed)
         else:
-            source = resolve(checkpoint, None, "blip-tiny").source
+            source = resolve(options.checkpoint, None, "blip-tiny").source
             model = BlipForImageTextRetrieval.from_pretrained(source)
             tokenizer = BertTokenizer.from_pretrained(source)
             composer = BlipComposer(

@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     source: str  # what to pass to from_pretrained
-    kind: str  # "directory" | "hub"
+    kind: str  # "directory" | "hub" | "file" (an original checkpoint, converted on load)
     available: bool  # False: a hub id that is not cached and must be downloaded
 
 
@@ -29,11 +29,7 @@ def resolve(checkpoint: str | None, default_hub_id: str | None, backbone: str) -
         if path.is_dir() and (path / "config.json").is_file():
             return ResolvedCheckpoint(str(path.resolve()), "directory", True)
         if path.is_file():
-            raise HarnessError(
-                f"{path} is a single file. {backbone} reads transformers checkpoint directories "
-                "(config.json + weights); original BLIP/LAVIS/CoVR .pth/.ckpt files are "
-                "converted to that format first."
-            )
+            return ResolvedCheckpoint(str(path.resolve()), "file", True)
         raise HarnessError(f"{path} is not a transformers checkpoint directory (no config.json)")
     if chosen.count("/") != 1 or chosen.startswith((".", "/", "~")):
         raise HarnessError(f"checkpoint {chosen!r}: no such directory, and not a hub id (owner/name)")
@@ -41,10 +37,7 @@ def resolve(checkpoint: str | None, default_hub_id: str | None, backbone: str) -
 
 
 def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return isinstance(found, str)
+    return _in_hub_cache_file(repo_id, "config.json")
 
 
 def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str | None:
@@ -62,13 +55,58 @@ def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str 
 
 
 def checkpoint_sha256(resolved: ResolvedCheckpoint) -> str:
-    """Content hash of a resolved checkpoint: its directory, or its hub snapshot."""
+    """Content hash of a resolved checkpoint: its file, its directory, or its hub snapshot."""
+    if resolved.kind == "file":
+        return file_sha256(resolved.source)
     if resolved.kind == "directory":
         return directory_sha256(resolved.source)
     from huggingface_hub import try_to_load_from_cache
 
     config = try_to_load_from_cache(resolved.source, "config.json")
     return directory_sha256(Path(config).parent) if isinstance(config, str) else f"hub:{resolved.source}"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def format_for_file(path: str, given: str | None, by_suffix: dict[str, str], backbone: str) -> str:
+    """The named format, else the one the file kind documents (e.g. .pth -> blip)."""
+    if given is not None:
+        return given
+    suffix = Path(path).suffix
+    if suffix not in by_suffix:
+        kinds = ", ".join(f"{s} -> {f}" for s, f in by_suffix.items())
+        raise HarnessError(
+            f"{path}: cannot tell the checkpoint format of a '{suffix}' file for {backbone} "
+            f"(known file kinds: {kinds}); pass --checkpoint-format"
+        )
+    return by_suffix[suffix]
+
+
+def tokenizer_problem(source: str) -> str | None:
+    """Why a tokenizer directory or hub id cannot be had offline, or None."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return None
+    resolved = ResolvedCheckpoint(source, "hub", _in_hub_cache_file(source, "tokenizer_config.json")
+                                  or _in_hub_cache_file(source, "vocab.txt"))
+    if resolved.available:
+        return None
+    return (f"tokenizer {source}: no such directory and not in the local Hugging Face cache; "
+            "pass --tokenizer DIR (a saved BERT tokenizer, e.g. bert-base-uncased)")
+
+
+def _in_hub_cache_file(repo_id: str, filename: str) -> bool:
+    if repo_id.count("/") > 1:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
 
 
 def directory_sha256(path: str | Path) -> str:

@@ -8,6 +8,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from backbones.base import LoadOptions
 from harness.errors import HarnessError
 from harness.recipes import RECIPES, default_recipe
 
@@ -23,6 +24,9 @@ class RunConfig:
     train_split: str = "train"
     data_root: str | None = None
     checkpoint: str | None = None
+    checkpoint_format: str | None = None
+    tokenizer: str | None = None
+    model_config: str | None = None
     out: str = "results"
     device: str = "auto"
     precision: str = "auto"
@@ -71,6 +75,9 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(self.checkpoint, self.checkpoint_format, self.tokenizer, self.model_config, self.seed)
 
     def config_id(self) -> str:
         """Short, filesystem-safe name of this configuration."""

@@ -47,7 +47,7 @@ def preflight(config: RunConfig):
     suite_cls = SUITES.get(config.suite)
     problems: list[str] = []
     try:
-        problems += backbone_entry.check(config.checkpoint)
+        problems += backbone_entry.check(config.load_options())
     except HarnessError as err:
         problems.append(str(err))
     suite = None
@@ -85,7 +85,7 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
         check_images(train_data, list(dict.fromkeys(used)))
 
     seed_everything(config.seed)
-    backbone = backbone_entry.load(config.checkpoint, device, config.seed)
+    backbone = backbone_entry.load(config.load_options(), device)
     out_dir = Path(config.out)
     stem = f"{config.suite}_{config.split}_{config.backbone}_{config.config_id()}"
 

@@ -44,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--split", default="val", help="split to evaluate: val (metrics) or test1 (server files)")
     add("--train-split", help="split to fine-tune on (default train)")
     add("--data-root", help="dataset folder in the CIRR layout (shapes: generated if empty)")
-    add("--checkpoint", help="transformers checkpoint directory or hub id (default: the backbone's)")
+    add("--checkpoint",
+        help="transformers directory, hub id, or original checkpoint file (default: the backbone's)")
+    add("--checkpoint-format",
+        help="format of a checkpoint file: blip (.pth), covr (.ckpt), lavis-blip2 (.pth for blip2); "
+             "default by file kind")
+    add("--tokenizer", help="tokenizer directory or hub id for original checkpoint files "
+                            "(default bert-base-uncased)")
+    add("--model-config", help="config.json giving the architecture of an original checkpoint file")
     add("--out", default="results", help="folder for results JSON, tables, server files, checkpoints")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--precision", choices=PRECISIONS, help="default: fp16 on CUDA, fp32 on CPU")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from backbones import BACKBONES
+from backbones import BACKBONES, LoadOptions
 from backbones.blip import ENC_TOKEN
 from backbones.blip_tiny import build_random, tiny_tokenizer
 from harness.suites.shapes_generator import VOCABULARY
@@ -85,7 +85,7 @@ def test_composed_query_reads_the_image(tiny):
 
 def test_save_and_load_round_trip(tiny, tmp_path):
     tiny.save(tmp_path / "ckpt")
-    loaded = BACKBONES.get("blip-tiny").load(str(tmp_path / "ckpt"), torch.device("cpu"), 0)
+    loaded = BACKBONES.get("blip-tiny").load(LoadOptions(str(tmp_path / "ckpt")), torch.device("cpu"))
     x = pixels(tiny)
     texts = ["remove the triangle", "make the big square small", "move the circle to the left"]
     with torch.no_grad():
