@@ -1,47 +1,98 @@
-"""`blip-base` and `blip-large`: Salesforce's BLIP retrieval checkpoints (COCO
-fine-tuned, as CoVR starts from) in transformers format, 384 px."""
+"""`blip-base` and `blip-large`: BLIP retrieval models (COCO fine-tuned, as CoVR
+starts from), 384 px, from
+
+- a transformers directory or hub id (default Salesforce/blip-itm-{base,large}-coco);
+- an original checkpoint file, converted on load by backbones/convert.py:
+  BLIP's model_{base,large}_retrieval_coco.pth (format "blip", the .pth kind) or
+  CoVR's Lightning .ckpt (format "covr", the .ckpt kind). These carry weights
+  only: the architecture is BLIP's (backbones/blip_configs.py, or --model-config)
+  and the tokenizer is bert-base-uncased with BLIP's [DEC] and [ENC] added
+  (--tokenizer names a directory or hub id; default bert-base-uncased).
+"""
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoTokenizer, BlipForImageTextRetrieval
+from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval
 
-from backbones.base import register_backbone
+from backbones import convert
+from backbones.base import LoadOptions, register_backbone
 from backbones.blip import BlipComposer
-from backbones.checkpoints import checkpoint_sha256, missing_weights_message, resolve
+from backbones.blip_configs import blip_config
+from backbones.checkpoints import (
+    checkpoint_sha256,
+    format_for_file,
+    missing_weights_message,
+    resolve,
+    tokenizer_problem,
+)
 from backbones.preprocess import ImagePreprocess
+
+FILE_KINDS = {".pth": "blip", ".ckpt": "covr"}
+DEFAULT_TOKENIZER = "bert-base-uncased"
+
+
+def blip_tokenizer(source: str):
+    """BERT's tokenizer as BLIP extends it: [DEC] as bos (id 30522) before [ENC]."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if "[DEC]" not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    return tokenizer
 
 
 class PretrainedBlip:
     name: str
+    size: str
     default_checkpoint: str
     image_size = 384
 
     @classmethod
-    def check(cls, checkpoint: str | None) -> list[str]:
-        message = missing_weights_message(resolve(checkpoint, cls.default_checkpoint, cls.name), cls.name)
+    def check(cls, options: LoadOptions) -> list[str]:
+        resolved = resolve(options.checkpoint, cls.default_checkpoint, cls.name)
+        if resolved.kind == "file":
+            fmt = format_for_file(resolved.source, options.checkpoint_format, FILE_KINDS, cls.name)
+            convert.check_format(fmt)
+            problem = tokenizer_problem(options.tokenizer or DEFAULT_TOKENIZER)
+            return [problem] if problem else []
+        message = missing_weights_message(resolved, cls.name)
         return [message] if message else []
 
     @classmethod
-    def load(cls, checkpoint: str | None, device: torch.device, seed: int = 0) -> BlipComposer:
-        resolved = resolve(checkpoint, cls.default_checkpoint, cls.name)
-        model = BlipForImageTextRetrieval.from_pretrained(resolved.source)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+    def load(cls, options: LoadOptions, device: torch.device) -> BlipComposer:
+        resolved = resolve(options.checkpoint, cls.default_checkpoint, cls.name)
+        if resolved.kind == "file":
+            model, tokenizer = cls._from_original(resolved.source, options)
+        else:
+            model = BlipForImageTextRetrieval.from_pretrained(resolved.source)
+            tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+        image_size = model.config.vision_config.image_size
         composer = BlipComposer(
-            cls.name, model, tokenizer, ImagePreprocess(cls.image_size), resolved.source,
+            cls.name, model, tokenizer, ImagePreprocess(image_size), resolved.source,
             checkpoint_sha256(resolved),
         )
         composer.model.to(device).eval()
         return composer
 
+    @classmethod
+    def _from_original(cls, path: str, options: LoadOptions):
+        fmt = format_for_file(path, options.checkpoint_format, FILE_KINDS, cls.name)
+        config = (BlipConfig.from_json_file(options.model_config) if options.model_config
+                  else blip_config(cls.size))
+        state_dict, report = convert.convert_checkpoint(path, fmt, config)
+        model = BlipForImageTextRetrieval(config)
+        convert.load_converted(model, state_dict, left_at_init=report.left_at_init)
+        return model, blip_tokenizer(options.tokenizer or DEFAULT_TOKENIZER)
+
 
 @register_backbone("blip-base")
 class BlipBase(PretrainedBlip):
     name = "blip-base"
+    size = "base"
     default_checkpoint = "Salesforce/blip-itm-base-coco"
 
 
 @register_backbone("blip-large")
 class BlipLarge(PretrainedBlip):
     name = "blip-large"
+    size = "large"
     default_checkpoint = "Salesforce/blip-itm-large-coco"

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint",
         help="transformers directory, hub id, or original checkpoint file (default: the backbone's)")
     add("--checkpoint-format",
-        help="format of a checkpoint file: blip (.pth), covr (.ckpt), lavis-blip2 (.pth for blip2); "
+        help="format of a checkpoint file: blip (.pth), covr (.ckpt), lavis (.pth for blip2); "
              "default by file kind")
     add("--tokenizer", help="tokenizer directory or hub id for original checkpoint files "
                             "(default bert-base-uncased)")

@@ -30,3 +30,25 @@ def test_real_size_blip_embeds_one_image_and_query(size, params_millions):
         query = composer.encode_query(pixels, ["make the dog white"])
     assert target.shape == query.shape == (1, 256)
     torch.testing.assert_close(query.norm(dim=-1), torch.ones(1))
+
+
+@pytest.mark.slow
+def test_real_size_blip2_embeds_one_image_and_query():
+    from transformers import Blip2ForImageTextRetrieval
+
+    from backbones.blip2 import Blip2Composer
+    from backbones.convert_blip2 import lavis_coco_config
+
+    torch.manual_seed(0)
+    config = lavis_coco_config()  # ViT-g/14 at 364 px, Q-Former with 32 query tokens
+    with torch.device("meta"):
+        count = sum(p.numel() for p in Blip2ForImageTextRetrieval(config).parameters()) / 1e6
+    assert 1100 < count < 1250, count  # ViT-g ~1B + Q-Former ~0.1B
+    model = Blip2ForImageTextRetrieval(config).eval()
+    composer = Blip2Composer("blip2", model, tiny_tokenizer(), ImagePreprocess(364), "random", "random")
+    pixels = composer.normalize(torch.randint(0, 256, (1, 364, 364, 3), dtype=torch.uint8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        target = composer.encode_image(pixels)
+        query = composer.encode_query(pixels, ["make the dog white"])
+    assert target.shape == (1, 32, 256) and query.shape[-1] == 256
+    torch.testing.assert_close(target.float().norm(dim=-1), torch.ones(1, 32), atol=1e-3, rtol=0)
