@@ -65,6 +65,9 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
         "",
     ]
     for path, result in results:
+        if result.get("kind") == "throughput":
+            out += throughput_section(path, result)
+            continue
         p = result["protocol"]
         out += [
             f"## {p['suite']} {p['split']}, {result['backbone']['name']}",
@@ -75,7 +78,8 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
             f"{' (dirty)' if result['git'].get('dirty') else ''}, config {result['config_hash']}, "
             f"torch {result['packages'].get('torch')}, transformers {result['packages'].get('transformers')}",
             f"- whole run {result['timings']['total_seconds']:.0f} s; embedding "
-            f"{result['timings']['embedding']['images_per_second']:.0f} images/s",
+            f"{result['timings']['embedding']['images_per_second']:.0f} images/s, "
+            f"{result['timings']['embedding']['queries_per_second']:.0f} queries/s",
             f"- result file: `{path.as_posix()}`",
             "",
             "```",
@@ -97,6 +101,24 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def throughput_section(path: Path, result: dict) -> list[str]:
+    rows = [[r["backbone"], r["precision"], r["batch_size"], r["parameters_millions"],
+             r["images_per_second"], r["queries_per_second"]] for r in result["rows"]]
+    return [
+        f"## Embedding throughput, real-size architectures, {result['hardware']['device']}",
+        "",
+        f"- machine: {describe_machine(result['hardware'])}",
+        f"- command: `{result['command']}`",
+        f"- date {result['date']}, commit {result['git']['commit'][:12]}, "
+        f"torch {result['packages'].get('torch')}; random weights (speed does not depend on them)",
+        f"- result file: `{path.as_posix()}`",
+        "",
+        tabulate(rows, headers=["backbone", "precision", "batch", "params (M)", "images/s", "queries/s"],
+                 tablefmt="github", floatfmt=".2f"),
+        "",
+    ]
 
 
 def load_results(paths: list[Path]) -> list[tuple[Path, dict]]:
