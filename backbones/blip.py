@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import BlipForImageTextRetrieval, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
 from backbones.preprocess import ImagePreprocess
 
@@ -26,7 +26,33 @@ EVAL_MAX_TEXT_LEN = 64  # CoVR evaluates with 64 tokens and trains with 35
 TRAIN_MAX_TEXT_LEN = 35
 
 
-class BlipComposer:
+def bert_tokenizer_with_dec(source: str) -> PreTrainedTokenizerBase:
+    """BERT's tokenizer as BLIP and LAVIS extend it: [DEC] as bos (id 30522); the
+    composer adds [ENC] after it."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if "[DEC]" not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    return tokenizer
+
+
+class ImageSide:
+    """What every composer does the same way with pixels."""
+
+    model: torch.nn.Module
+    preprocessing: ImagePreprocess
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.preprocessing.to_uint8(image)
+
+    def normalize(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
+        return self.preprocessing.normalize(pixels_uint8)
+
+
+class BlipComposer(ImageSide):
     def __init__(
         self,
         name: str,
@@ -55,17 +81,7 @@ class BlipComposer:
                 f"{vocab_size} embeddings: the tokenizer does not match the checkpoint"
             )
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     # -- images -------------------------------------------------------------------
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.preprocessing.to_uint8(image)
-
-    def normalize(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
-        return self.preprocessing.normalize(pixels_uint8)
-
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.vision_model(pixel_values=pixels).last_hidden_state
 

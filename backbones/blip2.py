@@ -36,14 +36,11 @@ Original LAVIS files go through backbones/convert_blip2.py.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from transformers import (
     AutoTokenizer,
     Blip2Config,
@@ -52,6 +49,7 @@ from transformers import (
 )
 
 from backbones.base import LoadOptions, register_backbone
+from backbones.blip import ImageSide, bert_tokenizer_with_dec
 from backbones.blip_tiny import tiny_tokenizer
 from backbones.checkpoints import (
     checkpoint_sha256,
@@ -60,6 +58,7 @@ from backbones.checkpoints import (
     resolve,
     tokenizer_problem,
 )
+from backbones.convert import read_weights_only
 from backbones.convert_blip2 import lavis_blip2_to_transformers, lavis_coco_config
 from backbones.preprocess import ImagePreprocess
 from harness.errors import HarnessError
@@ -68,7 +67,7 @@ EVAL_MAX_TEXT_LEN = 64  # CoVR-2 evaluates with max_length 64 (trains with max_t
 Composed = Literal["query_tokens", "text_cls"]
 
 
-class Blip2Composer:
+class Blip2Composer(ImageSide):
     multi_vector = True  # gallery embeddings are (N, num_query_tokens, D)
 
     def __init__(
@@ -107,17 +106,7 @@ class Blip2Composer:
                 f"{qformer_config.vocab_size} embeddings: the tokenizer does not match the checkpoint"
             )
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     # -- images -------------------------------------------------------------------
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.preprocessing.to_uint8(image)
-
-    def normalize(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
-        return self.preprocessing.normalize(pixels_uint8)
-
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """ViT output after its final layer norm (LAVIS' ln_vision): what the Q-Former reads."""
         return self.model.vision_model(pixel_values=pixels).last_hidden_state
@@ -318,33 +307,19 @@ def load_blip2_model(source: str) -> Blip2ForImageTextRetrieval:
     return model
 
 
-def lavis_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """BERT's tokenizer as LAVIS' Blip2Base.init_tokenizer extends it: [DEC] as bos (30522)."""
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if "[DEC]" not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    return tokenizer
-
-
 def load_lavis_file(path: str, options: LoadOptions) -> tuple[Blip2ForImageTextRetrieval, PreTrainedTokenizerBase]:
     """A LAVIS BLIP-2 .pth (weights only): the architecture is blip2_finetune_coco's
     (or --model-config), the tokenizer bert-base-uncased + [DEC] (or --tokenizer)."""
     config = Blip2Config.from_json_file(options.model_config) if options.model_config else lavis_coco_config()
     config.qformer_config.use_qformer_text_input = True
-    try:
-        original = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:
-        raise HarnessError(
-            f"{path} could not be read as a weights-only LAVIS checkpoint ({error}). Files are "
-            "never unpickled with arbitrary code; re-save the state dict alone with torch.save."
-        ) from error
+    original = read_weights_only(Path(path), "lavis")
     try:
         state_dict, _dropped = lavis_blip2_to_transformers(original, config)
     except ValueError as error:
         raise HarnessError(f"{path}: {error}") from error
     model = Blip2ForImageTextRetrieval(config)
     model.load_state_dict(state_dict, strict=True)
-    return model, lavis_tokenizer(options.tokenizer or DEFAULT_TOKENIZER)
+    return model, bert_tokenizer_with_dec(options.tokenizer or DEFAULT_TOKENIZER)
 
 
 FILE_KINDS = {".pth": "lavis"}

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval
 
 from backbones import convert
 from backbones.base import LoadOptions, register_backbone
-from backbones.blip import BlipComposer
+from backbones.blip import BlipComposer, bert_tokenizer_with_dec
 from backbones.blip_configs import blip_config
 from backbones.checkpoints import (
     checkpoint_sha256,
@@ -30,14 +30,6 @@ from backbones.preprocess import ImagePreprocess
 
 FILE_KINDS = {".pth": "blip", ".ckpt": "covr"}
 DEFAULT_TOKENIZER = "bert-base-uncased"
-
-
-def blip_tokenizer(source: str):
-    """BERT's tokenizer as BLIP extends it: [DEC] as bos (id 30522) before [ENC]."""
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if "[DEC]" not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    return tokenizer
 
 
 class PretrainedBlip:
@@ -81,7 +73,7 @@ class PretrainedBlip:
         state_dict, report = convert.convert_checkpoint(path, fmt, config)
         model = BlipForImageTextRetrieval(config)
         convert.load_converted(model, state_dict, left_at_init=report.left_at_init)
-        return model, blip_tokenizer(options.tokenizer or DEFAULT_TOKENIZER)
+        return model, bert_tokenizer_with_dec(options.tokenizer or DEFAULT_TOKENIZER)
 
 
 @register_backbone("blip-base")

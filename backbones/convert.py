@@ -136,10 +136,10 @@ def load_original_state_dict(path: str | Path, fmt: str) -> dict[str, Tensor]:
     check_format(fmt)
     path = Path(path)
     if fmt == "covr":
-        checkpoint = _load_weights_only(path, fmt, inert_classes=_COVR_SCHEDULE_CLASSES)
+        checkpoint = read_weights_only(path, fmt, inert_classes=_COVR_SCHEDULE_CLASSES)
         weights = _covr_weights(checkpoint, path)
     else:
-        checkpoint = _load_weights_only(path, fmt)
+        checkpoint = read_weights_only(path, fmt)
         weights = _blip_weights(checkpoint, path)
     return _checked_state_dict(weights, path)
 
@@ -149,7 +149,8 @@ def check_format(fmt: str) -> None:
         raise HarnessError(f"unknown checkpoint format {fmt!r}; known formats: {', '.join(FORMATS)}")
 
 
-def _load_weights_only(path: Path, fmt: str, inert_classes: tuple[str, ...] = ()) -> Any:
+def read_weights_only(path: Path, fmt: str, inert_classes: tuple[str, ...] = ()) -> Any:
+    """torch.load with weights_only=True; anything else pickled is refused by name."""
     if not path.is_file():
         raise HarnessError(f"checkpoint file {path} does not exist")
     allowed = [(InertRecord, name) for name in inert_classes]

@@ -96,3 +96,16 @@ def test_save_and_load_round_trip(tiny, tmp_path):
 def test_preprocess_resizes_to_uint8(tiny):
     array = tiny.preprocess(Image.new("RGBA", (100, 37), (255, 0, 0, 128)))
     assert array.shape == (64, 64, 3) and array.dtype.name == "uint8"
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny):
+    from harness.precision import autocast
+
+    x = pixels(tiny)
+    texts = ["make the red circle blue", "remove the triangle", "move the square to the left"]
+    with torch.no_grad():
+        full = tiny.encode_query(x, texts)
+        with autocast("bf16", torch.device("cpu")):
+            half = tiny.encode_query(x, texts)
+    assert half.dtype == torch.float32  # embeddings leave the model in fp32
+    assert (full * half).sum(-1).min() > 0.99  # cosine similarity
