@@ -50,7 +50,8 @@ def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str 
         f"weights for {backbone}: hub id {resolved.source} is not in the local Hugging Face "
         f"cache and {why}. Either run once online (it is downloaded to the cache), or pass "
         f"--checkpoint DIR with a transformers checkpoint directory (config.json, "
-        f"model.safetensors, tokenizer files)."
+        f"model.safetensors, tokenizer files), or --checkpoint FILE with an original "
+        f"checkpoint (BLIP .pth, CoVR .ckpt, LAVIS BLIP-2 .pth; see README, Checkpoints)."
     )
 
 

@@ -1,31 +1,71 @@
 """The retrieval core: one public function per operation.
 
 Each function dispatches to an implementation: `reference` (chunked torch, any
-device) today; Triton kernels register here as they land. The harness scores and
-ranks only through these functions.
+device) or `triton` (fused kernels in `kernels/triton_kernels.py`, single-vector
+(Q, D) x (G, D) inputs, top-K up to TRITON_MAX_K). The choice comes from the
+`impl` argument, else the COIR_KERNELS environment variable, else `auto`: Triton
+when the tensors are on CUDA and triton imports, the reference otherwise. Inputs
+the kernels do not cover (multi-vector 3-D features, k > TRITON_MAX_K) run the
+reference whatever was asked. `impl="triton"` on CPU tensors runs the kernels in
+Triton's interpreter when TRITON_INTERPRET=1 (tests), and is an error otherwise.
+Triton is imported lazily, on first use. The harness scores and ranks only
+through these functions.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 
 from kernels import reference
 
-IMPLEMENTATIONS = ("reference",)
+IMPLEMENTATIONS = ("reference", "triton")
+TRITON_MAX_K = 64  # = triton_kernels.MAX_K, kept here so dispatch needs no triton import
 
 
-def _pick(impl: str | None) -> str:
+@functools.cache
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int | None = None) -> str:
     choice = impl or os.environ.get("COIR_KERNELS", "auto")
-    if choice == "auto":
-        return "reference"
-    if choice not in IMPLEMENTATIONS:
+    if choice != "auto" and choice not in IMPLEMENTATIONS:
         raise ValueError(
             f"unknown kernel implementation {choice!r}; choose from auto, "
             + ", ".join(IMPLEMENTATIONS)
         )
+    covered = query.ndim == 2 and gallery.ndim == 2 and (k is None or k <= TRITON_MAX_K)
+    on_cuda = query.is_cuda and gallery.is_cuda
+    if choice == "auto":
+        return "triton" if covered and on_cuda and _triton_importable() else "reference"
+    if choice == "triton":
+        if not covered:
+            return "reference"
+        if not on_cuda and not _interpreting():
+            raise RuntimeError(
+                "impl='triton' needs CUDA tensors; to run the Triton kernels on CPU set "
+                "TRITON_INTERPRET=1 before triton is imported (slow: for tests)"
+            )
+        if not _triton_importable():
+            raise RuntimeError("impl='triton' needs the triton package")
     return choice
+
+
+def _triton():
+    from kernels import triton_kernels
+
+    return triton_kernels
 
 
 def target_rank_counts(
@@ -39,7 +79,8 @@ def target_rank_counts(
     gallery items score strictly higher, how many score the same, and the
     positive's score; `exclude` (one index per query, -1 for none) takes no part."""
     _check_pair(query, gallery)
-    _pick(impl)
+    if _pick(impl, query, gallery) == "triton":
+        return _triton().target_rank_counts(query, gallery, positives, exclude)
     return reference.target_rank_counts(query, gallery, positives, exclude)
 
 
@@ -53,7 +94,8 @@ def topk_excluding(
     """Top-k (scores, gallery indices) per query, best first, `exclude` removed;
     ties broken by gallery order."""
     _check_pair(query, gallery)
-    _pick(impl)
+    if _pick(impl, query, gallery, k) == "triton":
+        return _triton().topk_excluding(query, gallery, k, exclude)
     return reference.topk_excluding(query, gallery, k, exclude)
 
 
