@@ -3,15 +3,20 @@ on a 2-core machine and make tiny forward passes far slower."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# Triton fixes interpreter mode at its first import (transformers imports it early):
+# CPU runs test the kernels in the interpreter. GPU runs: TRITON_INTERPRET=0 pytest -m gpu.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
