@@ -30,6 +30,16 @@ def device_for_rank(device: torch.device) -> torch.device:
     return torch.device("cuda", local)
 
 
+def finish(wait_for_all: bool) -> None:
+    """Leave the process group cleanly: a rank that exits with gloo's threads still
+    running aborts ("terminate called without an active exception"). Ranks other
+    than 0 finish early, so on success they wait here for rank 0's writes."""
+    if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

@@ -83,16 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        from harness.pipeline import run
+    from harness import distributed
+    from harness.pipeline import run
 
+    succeeded = False
+    try:
         run(RunConfig.from_cli(args), argv)
+        succeeded = True
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.finish(wait_for_all=succeeded)
     return 0
 
 
