@@ -35,11 +35,15 @@ def bert_tokenizer_with_dec(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-class ImageSide:
-    """What every composer does the same way with pixels."""
+class ComposerBase:
+    """What BLIP and BLIP-2 composers do the same way: pixels, the vision pass
+    as a whole, and tokenisation."""
 
     model: torch.nn.Module
     preprocessing: ImagePreprocess
+    tokenizer: PreTrainedTokenizerBase
+    max_text_len: int  # set per phase: 64 at evaluation, 35 in training (CoVR)
+    text_positions: int  # the text encoder's position table: a hard cap on length
 
     @property
     def device(self) -> torch.device:
@@ -51,8 +55,22 @@ class ImageSide:
     def normalize(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
         return self.preprocessing.normalize(pixels_uint8)
 
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_embedding_from_tokens(self.image_tokens(pixels))
 
-class BlipComposer(ImageSide):
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=min(self.max_text_len, self.text_positions),
+            return_tensors="pt",
+        )
+        return {"input_ids": batch["input_ids"].to(self.device),
+                "attention_mask": batch["attention_mask"].to(self.device)}
+
+
+class BlipComposer(ComposerBase):
     def __init__(
         self,
         name: str,
@@ -71,6 +89,7 @@ class BlipComposer(ImageSide):
         self.image_size = preprocessing.size
         self.embed_dim = model.config.image_text_hidden_size
         self.max_text_len = EVAL_MAX_TEXT_LEN
+        self.text_positions = model.config.text_config.max_position_embeddings
         if ENC_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [ENC_TOKEN]})
         self.enc_token_id = tokenizer.convert_tokens_to_ids(ENC_TOKEN)
@@ -88,22 +107,7 @@ class BlipComposer(ImageSide):
     def image_embedding_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_embedding_from_tokens(self.image_tokens(pixels))
-
     # -- text ---------------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(
-            list(texts),
-            padding="longest",
-            truncation=True,
-            # never past the position table (small test models have short ones)
-            max_length=min(self.max_text_len, self.model.config.text_config.max_position_embeddings),
-            return_tensors="pt",
-        )
-        return {"input_ids": batch["input_ids"].to(self.device),
-                "attention_mask": batch["attention_mask"].to(self.device)}
-
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenize(texts)
         hidden = self.model.text_encoder(**batch).last_hidden_state

@@ -49,7 +49,7 @@ from transformers import (
 )
 
 from backbones.base import LoadOptions, register_backbone
-from backbones.blip import ImageSide, bert_tokenizer_with_dec
+from backbones.blip import ComposerBase, bert_tokenizer_with_dec
 from backbones.blip_tiny import tiny_tokenizer
 from backbones.checkpoints import (
     checkpoint_sha256,
@@ -67,7 +67,7 @@ EVAL_MAX_TEXT_LEN = 64  # CoVR-2 evaluates with max_length 64 (trains with max_t
 Composed = Literal["query_tokens", "text_cls"]
 
 
-class Blip2Composer(ImageSide):
+class Blip2Composer(ComposerBase):
     multi_vector = True  # gallery embeddings are (N, num_query_tokens, D)
 
     def __init__(
@@ -99,7 +99,8 @@ class Blip2Composer(ImageSide):
         self.image_size = preprocessing.size
         self.embed_dim = model.config.image_text_hidden_size
         self.num_query_tokens = model.config.num_query_tokens
-        self.max_text_len = min(EVAL_MAX_TEXT_LEN, qformer_config.max_position_embeddings)
+        self.max_text_len = EVAL_MAX_TEXT_LEN
+        self.text_positions = qformer_config.max_position_embeddings
         if len(tokenizer) > qformer_config.vocab_size:
             raise ValueError(
                 f"the tokenizer has {len(tokenizer)} tokens but the Q-Former only "
@@ -125,21 +126,7 @@ class Blip2Composer(ImageSide):
         projection = self.model.vision_projection
         return F.normalize(projection(hidden.to(projection.weight.dtype)).float(), dim=-1)
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_embedding_from_tokens(self.image_tokens(pixels))
-
     # -- text ---------------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(
-            list(texts),
-            padding="longest",
-            truncation=True,
-            max_length=self.max_text_len,
-            return_tensors="pt",
-        )
-        return {"input_ids": batch["input_ids"].to(self.device),
-                "attention_mask": batch["attention_mask"].to(self.device)}
-
     def _project_text(self, hidden: torch.Tensor) -> torch.Tensor:
         projection = self.model.text_projection
         return F.normalize(projection(hidden.to(projection.weight.dtype)).float(), dim=-1)
