@@ -84,6 +84,27 @@ def target_rank_counts(
     return reference.target_rank_counts(query, gallery, positives, exclude)
 
 
+def mixed_rank_counts(
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    gallery: torch.Tensor,
+    weights: torch.Tensor,
+    positives: torch.Tensor,
+    exclude: torch.Tensor,
+    impl: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`target_rank_counts` of the mixed queries w0*q + w1*t + w2*f (each part and the
+    gallery L2-normalised) for every row of `weights` (W, 3) in one pass: (W, Q, P) each."""
+    for part in parts:
+        _check_pair(part, gallery)
+    if gallery.ndim != 2 or any(part.ndim != 2 for part in parts):
+        raise ValueError("mixing is defined for single-vector (Q, D) and (G, D) embeddings")
+    if weights.ndim != 2 or weights.shape[1] != 3:
+        raise ValueError(f"weights must be (W, 3), got {tuple(weights.shape)}")
+    if (impl or "auto") not in ("auto", "reference"):
+        raise ValueError(f"mixed_rank_counts has only the reference implementation, not {impl!r}")
+    return reference.mixed_rank_counts(parts, gallery, weights, positives, exclude)
+
+
 def topk_excluding(
     query: torch.Tensor,
     gallery: torch.Tensor,

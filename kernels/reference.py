@@ -148,3 +148,39 @@ def _valid_mask(shape: torch.Size, exclude: torch.Tensor, device: torch.device) 
     rows = torch.nonzero(exclude >= 0).squeeze(1)
     valid[rows, exclude[rows]] = False
     return valid
+
+
+def mixed_rank_counts(
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    gallery: torch.Tensor,
+    weights: torch.Tensor,
+    positives: torch.Tensor,
+    exclude: torch.Tensor,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank counts for mixed queries m = w0*q + w1*t + w2*f, for every weight triple.
+
+    parts = (q, t, f), each (Q, D), L2-normalised here, as is the gallery (G, D);
+    weights (W, 3). Returns (greater, equal, positive_scores), each (W, Q, P), with
+    the meaning of `rank_counts_dense`. Scaling a query does not change its ranking,
+    so m need not be renormalised, and m.g = w0 q.g + w1 t.g + w2 f.g: the three
+    score blocks are computed once per query chunk and serve every triple.
+    """
+    q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)
+    g = torch.nn.functional.normalize(gallery.float(), dim=-1)
+    num_queries, num_gallery = q.shape[0], g.shape[0]
+    step = _query_chunk(3 * num_gallery, chunk)
+    shape = (weights.shape[0], num_queries, positives.shape[1])
+    greater = torch.zeros(shape, dtype=torch.long)
+    equal = torch.zeros(shape, dtype=torch.long)
+    pos_scores = torch.full(shape, float("nan"))
+    w = weights.float()
+    for start in range(0, num_queries, step):
+        stop = min(start + step, num_queries)
+        blocks = torch.stack([q[start:stop] @ g.T, t[start:stop] @ g.T, f[start:stop] @ g.T])
+        valid = _valid_mask(blocks.shape[1:], exclude[start:stop], blocks.device)
+        for i in range(w.shape[0]):
+            scores = w[i, 0] * blocks[0] + w[i, 1] * blocks[1] + w[i, 2] * blocks[2]
+            out = rank_counts_dense(scores, valid, positives[start:stop])
+            greater[i, start:stop], equal[i, start:stop], pos_scores[i, start:stop] = out
+    return greater, equal, pos_scores

@@ -84,3 +84,33 @@ def test_maxsim_matches_einsum_in_any_block_size(query_tokens, monkeypatch):
     greater, _, pos_scores = reference.target_rank_counts(q, g, positives, torch.full((9,), -1), chunk=4)
     torch.testing.assert_close(pos_scores[:, 0], expected[torch.arange(9), rows])
     assert torch.equal(greater[:, 0], (expected > expected[torch.arange(9), rows][:, None]).sum(1))
+
+
+def test_mixed_rank_counts_equal_direct_evaluation_of_each_triple():
+    """One pass over every triple gives, for each, the counts of scoring the explicitly
+    mixed and renormalised query; one-hot triples give the single parts' counts."""
+    torch.manual_seed(3)
+    q, t, f = (torch.randn(40, 16) for _ in range(3))
+    g = torch.randn(300, 16)
+    positives = torch.randint(0, 300, (40, 2))
+    exclude = torch.randint(0, 300, (40,))
+    exclude[(positives == exclude[:, None]).any(1)] = -1
+    weights = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.2, 0.3, 0.5], [0.6, 0.0, 0.4]])
+    greater, equal, _ = kernels.mixed_rank_counts((q, t, f), g, weights, positives, exclude)
+    unit = [torch.nn.functional.normalize(x, dim=-1) for x in (q, t, f)]
+    gallery = torch.nn.functional.normalize(g, dim=-1)
+    for i, w in enumerate(weights):
+        mixed = torch.nn.functional.normalize(w[0] * unit[0] + w[1] * unit[1] + w[2] * unit[2], dim=-1)
+        expected_greater, expected_equal, _ = reference.target_rank_counts(mixed, gallery, positives, exclude)
+        assert torch.equal(greater[i], expected_greater), i
+        assert torch.equal(equal[i], expected_equal), i
+
+
+def test_mixed_rank_counts_refuse_bad_weights_and_multi_vector():
+    q = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"\(W, 3\)"):
+        kernels.mixed_rank_counts((q, q, q), torch.randn(5, 4), torch.ones(2, 2), torch.zeros(3, 1).long(),
+                                  torch.full((3,), -1))
+    with pytest.raises(ValueError, match="single-vector"):
+        kernels.mixed_rank_counts((q, q, q), torch.randn(5, 2, 4), torch.ones(1, 3), torch.zeros(3, 1).long(),
+                                  torch.full((3,), -1))
