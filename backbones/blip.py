@@ -58,6 +58,15 @@ class ComposerBase:
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.image_embedding_from_tokens(self.image_tokens(pixels))
 
+    def save(self, directory: str | Path) -> None:
+        """A transformers directory (model + tokenizer) that loads back as a checkpoint."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / "coir_preprocess.json").write_text(
+            json.dumps(self.preprocessing.describe(), indent=2)
+        )
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
             list(texts),
@@ -133,12 +142,3 @@ class BlipComposer(ComposerBase):
         if train_vision:
             modules.append(self.model.vision_model)
         return [p for m in modules for p in m.parameters()]
-
-    def save(self, directory: str | Path) -> None:
-        """A transformers directory (model + tokenizer) that loads back as a checkpoint."""
-        directory = Path(directory)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        (directory / "coir_preprocess.json").write_text(
-            json.dumps(self.preprocessing.describe(), indent=2)
-        )

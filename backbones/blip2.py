@@ -35,7 +35,6 @@ Original LAVIS files go through backbones/convert_blip2.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -52,11 +51,11 @@ from backbones.base import LoadOptions, register_backbone
 from backbones.blip import ComposerBase, bert_tokenizer_with_dec
 from backbones.blip_tiny import tiny_tokenizer
 from backbones.checkpoints import (
+    DEFAULT_TOKENIZER,
     checkpoint_sha256,
     format_for_file,
-    missing_weights_message,
+    preflight_problems,
     resolve,
-    tokenizer_problem,
 )
 from backbones.convert import read_weights_only
 from backbones.convert_blip2 import lavis_blip2_to_transformers, lavis_coco_config
@@ -177,15 +176,6 @@ class Blip2Composer(ComposerBase):
             frozen = {id(p) for p in vision.post_layernorm.parameters()}
             params.extend(p for p in vision.parameters() if id(p) not in frozen)
         return params
-
-    def save(self, directory: str | Path) -> None:
-        """A transformers directory (model + tokenizer) that loads back as a checkpoint."""
-        directory = Path(directory)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        (directory / "coir_preprocess.json").write_text(
-            json.dumps(self.preprocessing.describe(), indent=2)
-        )
 
 
 def _as_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -310,7 +300,6 @@ def load_lavis_file(path: str, options: LoadOptions) -> tuple[Blip2ForImageTextR
 
 
 FILE_KINDS = {".pth": "lavis"}
-DEFAULT_TOKENIZER = "bert-base-uncased"
 
 
 @register_backbone("blip2")
@@ -324,13 +313,9 @@ class Blip2Backbone:
 
     @classmethod
     def check(cls, options: LoadOptions) -> list[str]:
-        resolved = resolve(options.checkpoint, cls.default_checkpoint, cls.name)
-        if resolved.kind == "file":
-            cls._file_format(resolved.source, options)
-            problem = tokenizer_problem(options.tokenizer or DEFAULT_TOKENIZER)
-            return [problem] if problem else []
-        message = missing_weights_message(resolved, cls.name)
-        return [message] if message else []
+        return preflight_problems(
+            options, cls.default_checkpoint, cls.name, lambda path: cls._file_format(path, options)
+        )
 
     @classmethod
     def load(cls, options: LoadOptions, device: torch.device) -> Blip2Composer:

@@ -20,16 +20,15 @@ from backbones.base import LoadOptions, register_backbone
 from backbones.blip import BlipComposer, bert_tokenizer_with_dec
 from backbones.blip_configs import blip_config
 from backbones.checkpoints import (
+    DEFAULT_TOKENIZER,
     checkpoint_sha256,
     format_for_file,
-    missing_weights_message,
+    preflight_problems,
     resolve,
-    tokenizer_problem,
 )
 from backbones.preprocess import ImagePreprocess
 
 FILE_KINDS = {".pth": "blip", ".ckpt": "covr"}
-DEFAULT_TOKENIZER = "bert-base-uncased"
 
 
 class PretrainedBlip:
@@ -40,14 +39,10 @@ class PretrainedBlip:
 
     @classmethod
     def check(cls, options: LoadOptions) -> list[str]:
-        resolved = resolve(options.checkpoint, cls.default_checkpoint, cls.name)
-        if resolved.kind == "file":
-            fmt = format_for_file(resolved.source, options.checkpoint_format, FILE_KINDS, cls.name)
-            convert.check_format(fmt)
-            problem = tokenizer_problem(options.tokenizer or DEFAULT_TOKENIZER)
-            return [problem] if problem else []
-        message = missing_weights_message(resolved, cls.name)
-        return [message] if message else []
+        def check_file_format(path: str) -> None:
+            convert.check_format(format_for_file(path, options.checkpoint_format, FILE_KINDS, cls.name))
+
+        return preflight_problems(options, cls.default_checkpoint, cls.name, check_file_format)
 
     @classmethod
     def load(cls, options: LoadOptions, device: torch.device) -> BlipComposer:

@@ -40,6 +40,22 @@ def _in_hub_cache(repo_id: str) -> bool:
     return _in_hub_cache_file(repo_id, "config.json")
 
 
+DEFAULT_TOKENIZER = "bert-base-uncased"  # what BLIP, LAVIS and CoVR tokenise with
+
+
+def preflight_problems(options, default_checkpoint: str, backbone: str, check_file_format) -> list[str]:
+    """What keeps a pretrained backbone from loading, found without loading it: for an
+    original file its format (check_file_format raises) and the tokenizer; otherwise
+    the weights themselves."""
+    resolved = resolve(options.checkpoint, default_checkpoint, backbone)
+    if resolved.kind == "file":
+        check_file_format(resolved.source)
+        problem = tokenizer_problem(options.tokenizer or DEFAULT_TOKENIZER)
+        return [problem] if problem else []
+    message = missing_weights_message(resolved, backbone)
+    return [message] if message else []
+
+
 def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str | None:
     """Why the weights cannot be had without a download we may not make, or None."""
     if resolved.available:

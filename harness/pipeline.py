@@ -50,7 +50,6 @@ def preflight(config: RunConfig):
         problems += backbone_entry.check(config.load_options())
     except HarnessError as err:
         problems.append(str(err))
-    suite = None
     try:
         suite = suite_cls(Path(config.data_root) if config.data_root else None)
     except HarnessError as err:

@@ -52,10 +52,6 @@ def rowwise_similarity(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tens
     return torch.einsum("nsd,ntd->nst", q, g).amax(dim=(-1, -2))
 
 
-def _scores(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    return similarity(query, gallery)
-
-
 def rank_counts_dense(
     scores: torch.Tensor, valid: torch.Tensor, positives: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,7 +99,7 @@ def target_rank_counts(
     out = [], [], []
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
-        scores = _scores(query[start:stop], gallery)
+        scores = similarity(query[start:stop], gallery)
         valid = _valid_mask(scores.shape, exclude[start:stop], scores.device)
         for acc, part in zip(out, rank_counts_dense(scores, valid, positives[start:stop])):
             acc.append(part)
@@ -132,7 +128,7 @@ def topk_excluding(
     values, indices = [], []
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
-        scores = _scores(query[start:stop], gallery)
+        scores = similarity(query[start:stop], gallery)
         valid = _valid_mask(scores.shape, exclude[start:stop], scores.device)
         scores = scores.masked_fill(~valid, float("-inf"))
         v, i = torch.sort(scores, dim=1, descending=True, stable=True)
