@@ -1,12 +1,14 @@
 """The retrieval core: one public function per operation.
 
 Each function dispatches to an implementation: `reference` (chunked torch, any
-device) or `triton` (fused kernels in `kernels/triton_kernels.py`, single-vector
-(Q, D) x (G, D) inputs, top-K up to TRITON_MAX_K). The choice comes from the
-`impl` argument, else the COIR_KERNELS environment variable, else `auto`: Triton
-when the tensors are on CUDA and triton imports, the reference otherwise. Inputs
-the kernels do not cover (multi-vector 3-D features, k > TRITON_MAX_K) run the
-reference whatever was asked. `impl="triton"` on CPU tensors runs the kernels in
+device; its counting loops compiled by torch.compile on CPU) or `triton` (fused
+kernels in `kernels/triton_kernels.py`: single vectors (Q, D) x (G, D), BLIP-2's
+multi-vector max-sim (Q, S, D) x (G, T, D) with S, T powers of two up to
+TRITON_MAX_TOKENS, top-K up to TRITON_MAX_K). The choice comes from the `impl`
+argument, else the COIR_KERNELS environment variable, else `auto`: Triton when
+the tensors are on CUDA and triton imports, the reference otherwise. Inputs the
+kernels do not cover (other token counts, k > TRITON_MAX_K) run the reference
+whatever was asked. `impl="triton"` on CPU tensors runs the kernels in
 Triton's interpreter when TRITON_INTERPRET=1 (tests), and is an error otherwise.
 Triton is imported lazily, on first use. The harness scores and ranks only
 through these functions.
@@ -23,6 +25,12 @@ from kernels import reference
 
 IMPLEMENTATIONS = ("reference", "triton")
 TRITON_MAX_K = 64  # = triton_kernels.MAX_K, kept here so dispatch needs no triton import
+TRITON_MAX_TOKENS = 64  # = triton_kernels.MAX_TOKENS
+
+
+def _tokens_covered(x: torch.Tensor) -> bool:
+    count = x.shape[1] if x.ndim == 3 else 1
+    return x.ndim in (2, 3) and 1 <= count <= TRITON_MAX_TOKENS and count & (count - 1) == 0
 
 
 @functools.cache
@@ -45,7 +53,7 @@ def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int |
             f"unknown kernel implementation {choice!r}; choose from auto, "
             + ", ".join(IMPLEMENTATIONS)
         )
-    covered = query.ndim == 2 and gallery.ndim == 2 and (k is None or k <= TRITON_MAX_K)
+    covered = _tokens_covered(query) and _tokens_covered(gallery) and (k is None or k <= TRITON_MAX_K)
     on_cuda = query.is_cuda and gallery.is_cuda
     if choice == "auto":
         return "triton" if covered and on_cuda and _triton_importable() else "reference"
@@ -100,8 +108,8 @@ def mixed_rank_counts(
         raise ValueError("mixing is defined for single-vector (Q, D) and (G, D) embeddings")
     if weights.ndim != 2 or weights.shape[1] != 3:
         raise ValueError(f"weights must be (W, 3), got {tuple(weights.shape)}")
-    if (impl or "auto") not in ("auto", "reference"):
-        raise ValueError(f"mixed_rank_counts has only the reference implementation, not {impl!r}")
+    if _pick(impl, parts[0], gallery) == "triton":
+        return _triton().mixed_rank_counts(parts, gallery, weights, positives, exclude)
     return reference.mixed_rank_counts(parts, gallery, weights, positives, exclude)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels import counting
+
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
 # Elements of the (Q, G', S, T) token-pair block of max-sim scoring: 256 MB of fp32.
@@ -93,20 +95,37 @@ def target_rank_counts(
     query (Q, D), gallery (G, D), positives (Q, P) gallery indices (-1 pad),
     exclude (Q,) gallery index removed from each query's ranking (-1 for none;
     CIRR removes the query's reference image).
+
+    One query chunk's score rows at a time; the positives' scores are read from
+    those very rows (so a duplicate of a positive ties with it, bit for bit), and
+    one fused pass counts > and >= per row; the positive itself and the excluded
+    item are then taken out of the counts from their own scores. No mask, no
+    second copy of the scores.
     """
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     step = _query_chunk(num_gallery, chunk)
-    out = [], [], []
+    greater = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
+    equal = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
+    pos_scores = torch.full(positives.shape, float("nan"), device=query.device)
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
         scores = similarity(query[start:stop], gallery)
-        valid = _valid_mask(scores.shape, exclude[start:stop], scores.device)
-        for acc, part in zip(out, rank_counts_dense(scores, valid, positives[start:stop])):
-            acc.append(part)
-    if num_queries == 0:
-        empty = positives.new_zeros(positives.shape)
-        return empty, empty, torch.full(positives.shape, float("nan"))
-    return tuple(torch.cat(parts) for parts in out)  # type: ignore[return-value]
+        rows = torch.arange(stop - start, device=scores.device)
+        skip = exclude[start:stop].to(scores.device)
+        skip_scores = scores[rows, skip.clamp(min=0)]
+        for p in range(positives.shape[1]):  # P is small (a few soft targets)
+            pos = positives[start:stop, p].to(scores.device)
+            own = scores[rows, pos.clamp(min=0)]
+            above, at_least = counting.count_above(scores, own)
+            # the positive is >= itself; the excluded item takes no part
+            at_least -= 1
+            above -= ((skip >= 0) & (skip_scores > own)).long()
+            at_least -= ((skip >= 0) & (skip_scores >= own)).long()
+            pad = pos < 0
+            greater[start:stop, p] = above.masked_fill(pad, 0)
+            equal[start:stop, p] = (at_least - above).masked_fill(pad, 0)
+            pos_scores[start:stop, p] = own.masked_fill(pad, float("nan"))
+    return greater, equal, pos_scores
 
 
 def topk_excluding(
@@ -158,25 +177,41 @@ def mixed_rank_counts(
 
     parts = (q, t, f), each (Q, D), L2-normalised here, as is the gallery (G, D);
     weights (W, 3). Returns (greater, equal, positive_scores), each (W, Q, P), with
-    the meaning of `rank_counts_dense`. Scaling a query does not change its ranking,
-    so m need not be renormalised, and m.g = w0 q.g + w1 t.g + w2 f.g: the three
-    score blocks are computed once per query chunk and serve every triple.
+    the meaning of `rank_counts_dense`; positive_scores is w . (q.g, t.g, f.g) of
+    the positive (m is not renormalised: scaling a query does not change its
+    ranking). m.g = w0 q.g + w1 t.g + w2 f.g, so the three score blocks of a query
+    chunk are computed once and serve every triple: per triple the work is three
+    multiply-adds and a compare per gallery item instead of a D-long dot product.
+
+    Each item is compared through its score differences to the positive,
+    w . (s_item - s_pos) against 0: the positive's own difference is exactly 0,
+    whatever the rounding of the weighted sum. The excluded item's differences
+    are nan, so it counts nowhere.
     """
     q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)
     g = torch.nn.functional.normalize(gallery.float(), dim=-1)
     num_queries, num_gallery = q.shape[0], g.shape[0]
-    step = _query_chunk(3 * num_gallery, chunk)
+    # three score blocks per query; rows sized so the blocks stay cache-sized
+    step = chunk or max(1, min(64, _TARGET_CHUNK_BYTES // (12 * max(1, num_gallery))))
     shape = (weights.shape[0], num_queries, positives.shape[1])
-    greater = torch.zeros(shape, dtype=torch.long)
-    equal = torch.zeros(shape, dtype=torch.long)
-    pos_scores = torch.full(shape, float("nan"))
-    w = weights.float()
+    greater = torch.zeros(shape, dtype=torch.long, device=g.device)
+    equal = torch.zeros(shape, dtype=torch.long, device=g.device)
+    pos_scores = torch.full(shape, float("nan"), device=g.device)
+    w = weights.float().to(g.device)
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
         blocks = torch.stack([q[start:stop] @ g.T, t[start:stop] @ g.T, f[start:stop] @ g.T])
-        valid = _valid_mask(blocks.shape[1:], exclude[start:stop], blocks.device)
-        for i in range(w.shape[0]):
-            scores = w[i, 0] * blocks[0] + w[i, 1] * blocks[1] + w[i, 2] * blocks[2]
-            out = rank_counts_dense(scores, valid, positives[start:stop])
-            greater[i, start:stop], equal[i, start:stop], pos_scores[i, start:stop] = out
+        rows = torch.arange(stop - start, device=blocks.device)
+        skip = exclude[start:stop].to(blocks.device)
+        for p in range(positives.shape[1]):
+            pos = positives[start:stop, p].to(blocks.device)
+            own = blocks[:, rows, pos.clamp(min=0)]  # (3, R)
+            differences = blocks - own[:, :, None]
+            differences[:, rows[skip >= 0], skip[skip >= 0]] = float("nan")
+            above, at_least = counting.count_mixed_above_zero(differences, w)
+            pad = (pos < 0)[None, :]
+            greater[:, start:stop, p] = above.masked_fill(pad, 0)
+            equal[:, start:stop, p] = (at_least - above - 1).masked_fill(pad, 0)
+            mixed = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
+            pos_scores[:, start:stop, p] = mixed.masked_fill(pad, float("nan"))
     return greater, equal, pos_scores

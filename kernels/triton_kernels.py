@@ -59,6 +59,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LIBRARY_INTERPRETED = type(tl.standard.max).__name__ == "InterpretedFunction"
 
 MAX_K = 64  # the running top-K lives in registers: K_PAD <= 64
+MAX_TOKENS = 64  # tokens per query / item of max-sim scoring (BLIP-2 has 32)
 _KEY_NONE = tl.constexpr(-(2**63))  # int64 key below every real score key
 _INDEX_BIAS = 2**31 - 1  # low key half = _INDEX_BIAS - index: lower index, larger key
 
@@ -73,7 +74,8 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 
 
 def block_config(
-    op: str, num_queries: int, num_gallery: int, dim: int, dtype: torch.dtype, device: torch.device
+    op: str, num_queries: int, num_gallery: int, dim: int, dtype: torch.dtype, device: torch.device,
+    s_tok: int = 1, t_tok: int = 1,
 ) -> dict:
     """Block sizes, warps and parallelism for one problem, in one place.
 
@@ -83,29 +85,26 @@ def block_config(
     Python overhead, so blocks are as large as the problem allows and one program
     per query block walks the whole gallery. On a GPU the tiles are the usual
     matmul-sized ones -- not tuned on hardware yet: no GPU was available when these
-    were written -- and about 4 programs per SM.
+    were written -- and about 4 programs per SM. With S (T) tokens per query (item)
+    the dot tile is BLOCK_Q*S x BLOCK_G*T token rows, so the blocks shrink by the
+    token counts (tl.dot needs 16 rows and columns at least).
     """
     if device.type != "cuda":
-        return dict(
-            BLOCK_Q=_pow2(num_queries, 16, 128),
-            BLOCK_G=_pow2(num_gallery, 16, 256),
-            BLOCK_D=_pow2(dim, 16, 256),
-            num_warps=4,
-            programs=1,
-        )
-    wide = dtype in (torch.float16, torch.bfloat16)
-    if op == "topk":
-        # int64 keys of the tile and the running top-K live in registers: smaller tiles.
-        block_q, block_g, block_d, warps = 64, 128, 64 if wide else 32, 4
+        block_q, block_g, block_d, warps, programs = 128, 256, 256, 4, 1
     else:
-        block_q, block_g, block_d, warps = (128, 128, 64, 8) if wide else (64, 64, 32, 4)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+        wide = dtype in (torch.float16, torch.bfloat16)
+        if op == "topk":
+            # int64 keys of the tile and the running top-K live in registers: smaller tiles.
+            block_q, block_g, block_d, warps = 64, 128, 64 if wide else 32, 4
+        else:
+            block_q, block_g, block_d, warps = (128, 128, 64, 8) if wide else (64, 64, 32, 4)
+        programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return dict(
-        BLOCK_Q=_pow2(num_queries, 16, block_q),
-        BLOCK_G=_pow2(num_gallery, 16, block_g),
+        BLOCK_Q=_pow2(num_queries, max(1, 16 // s_tok), max(1, block_q // s_tok)),
+        BLOCK_G=_pow2(num_gallery, max(1, 16 // t_tok), max(1, block_g // t_tok)),
         BLOCK_D=_pow2(dim, 16, block_d),
         num_warps=warps,
-        programs=4 * sms,
+        programs=programs,
     )
 
 
@@ -126,28 +125,39 @@ def _score_tile(
     num_queries, num_gallery, dim,
     stride_qm, stride_qd, stride_gn, stride_gd,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
 ):
     """(BLOCK_Q, BLOCK_G) fp32 scores q[rows] . g[cols], accumulated over D in
     BLOCK_D chunks. Both rank passes call this with the same tile origin, so a
     score comes out bitwise the same in either. Out-of-range rows/cols/dims load
-    0.0, which adds nothing to the dot products."""
-    rows64 = rows.to(tl.int64)  # G x D can exceed 2**31 elements
-    cols64 = cols.to(tl.int64)
-    acc = tl.zeros((BLOCK_Q, BLOCK_G), dtype=tl.float32)
+    0.0, which adds nothing to the dot products.
+
+    Multi-vector features (BLIP-2's query tokens) score by max-sim: query i is the
+    S_TOK rows i*S_TOK ... of q (a (Q*S_TOK, D) view), item j the T_TOK rows of g;
+    the (BLOCK_Q*S_TOK, BLOCK_G*T_TOK) token-pair tile is reduced by the max over
+    each query's and each item's tokens. The (Q, G, S, T) tensor of CoVR-2's
+    evaluation exists one tile at a time, in registers."""
+    q_rows = tl.min(rows, 0) * S_TOK + tl.arange(0, BLOCK_Q * S_TOK)
+    g_rows = tl.min(cols, 0) * T_TOK + tl.arange(0, BLOCK_G * T_TOK)
+    q_rows64 = q_rows.to(tl.int64)  # G x D can exceed 2**31 elements
+    g_rows64 = g_rows.to(tl.int64)
+    acc = tl.zeros((BLOCK_Q * S_TOK, BLOCK_G * T_TOK), dtype=tl.float32)
     for d0 in range(0, dim, BLOCK_D):
         dims = d0 + tl.arange(0, BLOCK_D)
         q = tl.load(
-            q_ptr + rows64[:, None] * stride_qm + dims[None, :] * stride_qd,
-            mask=(rows[:, None] < num_queries) & (dims[None, :] < dim),
+            q_ptr + q_rows64[:, None] * stride_qm + dims[None, :] * stride_qd,
+            mask=(q_rows[:, None] < num_queries * S_TOK) & (dims[None, :] < dim),
             other=0.0,
         )
-        g = tl.load(  # loaded transposed: (BLOCK_D, BLOCK_G)
-            g_ptr + cols64[None, :] * stride_gn + dims[:, None] * stride_gd,
-            mask=(cols[None, :] < num_gallery) & (dims[:, None] < dim),
+        g = tl.load(  # loaded transposed: (BLOCK_D, BLOCK_G * T_TOK)
+            g_ptr + g_rows64[None, :] * stride_gn + dims[:, None] * stride_gd,
+            mask=(g_rows[None, :] < num_gallery * T_TOK) & (dims[:, None] < dim),
             other=0.0,
         )
         acc = tl.dot(q, g, acc, input_precision=PRECISION)
+    if S_TOK * T_TOK > 1:
+        pairs = tl.reshape(acc, (BLOCK_Q, S_TOK, BLOCK_G, T_TOK))
+        acc = tl.max(tl.max(pairs, 3), 1)
     return acc
 
 
@@ -159,7 +169,7 @@ def _positive_scores_kernel(
     num_groups,
     P: tl.constexpr, P_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
 ):
     """Pass 1: scores of the positives, out (Q, P) fp32 (left as is for padding).
 
@@ -190,7 +200,7 @@ def _positive_scores_kernel(
         acc = _score_tile(
             q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
             stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK,
         )
         for p in tl.static_range(P):
             pos = tl.load(pos_ptr + rows * P + p, mask=row_ok, other=-1)
@@ -210,7 +220,7 @@ def _rank_count_kernel(
     num_gallery_blocks, num_splits,
     P: tl.constexpr, P_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
 ):
     """Pass 2: counts (Q, P) int32, added atomically (zero-initialised).
 
@@ -233,7 +243,7 @@ def _rank_count_kernel(
         acc = _score_tile(
             q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
             stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK,
         )
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         for p in tl.static_range(P):
@@ -251,6 +261,71 @@ def _rank_count_kernel(
     keep = in_range & (pos >= 0)
     tl.atomic_add(greater_ptr + offsets, greater, mask=keep)
     tl.atomic_add(equal_ptr + offsets, equal, mask=keep)
+
+
+@triton.jit
+def _mixed_rank_count_kernel(
+    q_ptr, t_ptr, f_ptr, g_ptr, w_ptr, pos_ptr, parts_score_ptr, exclude_ptr, counts_ptr,
+    num_queries, num_gallery, dim, num_weights,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_gallery_blocks, num_splits,
+    P: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Rank counts of mixed queries for every weight triple, one gallery pass.
+
+    Per gallery block the three score tiles q.g, t.g, f.g are computed once (the
+    tiles of pass 1, bitwise); for each positive they become differences to the
+    positive's own three scores, and for each triple w the mixed difference
+    w0*dq + w1*dt + w2*df is compared with 0 in registers: the positive's own
+    difference is exactly 0. Counts go to counts (2, splits, W, Q, P) int32
+    (greater, greater-or-equal), a slice each program owns: plain read-add-write,
+    no atomics. Reads per gallery block: BLOCK_G x D gallery elements and the three
+    query blocks (L2); the W x 3 weights are a few hundred bytes.
+    """
+    qb = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < num_queries
+    exclude = tl.load(exclude_ptr + rows, mask=row_ok, other=-1)
+    plane = num_splits * num_weights * num_queries * P  # int32 counts per kind
+    for gb in range(split, num_gallery_blocks, num_splits):
+        cols = gb * BLOCK_G + tl.arange(0, BLOCK_G)
+        sq = _score_tile(
+            q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
+            stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1,
+        )
+        st = _score_tile(
+            t_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
+            stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1,
+        )
+        sf = _score_tile(
+            f_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
+            stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1,
+        )
+        valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
+        for p in tl.static_range(P):
+            # padding positives have nan scores: every comparison is False
+            own = rows * P + p
+            dq = sq - tl.load(parts_score_ptr + own, mask=row_ok, other=0.0)[:, None]
+            dt = st - tl.load(parts_score_ptr + num_queries * P + own, mask=row_ok, other=0.0)[:, None]
+            df = sf - tl.load(parts_score_ptr + 2 * num_queries * P + own, mask=row_ok, other=0.0)[:, None]
+            for w in range(num_weights):
+                w0 = tl.load(w_ptr + 3 * w)
+                w1 = tl.load(w_ptr + 3 * w + 1)
+                w2 = tl.load(w_ptr + 3 * w + 2)
+                mixed = (dq * w0 + dt * w1) + df * w2
+                n_greater = tl.sum((valid & (mixed > 0)).to(tl.int32), 1)
+                n_at_least = tl.sum((valid & (mixed >= 0)).to(tl.int32), 1)
+                slot = ((split * num_weights + w) * num_queries + rows).to(tl.int64) * P + p
+                old = tl.load(counts_ptr + slot, mask=row_ok, other=0)
+                tl.store(counts_ptr + slot, old + n_greater, mask=row_ok)
+                old = tl.load(counts_ptr + plane + slot, mask=row_ok, other=0)
+                tl.store(counts_ptr + plane + slot, old + n_at_least, mask=row_ok)
 
 
 @triton.jit
@@ -274,7 +349,7 @@ def _topk_kernel(
     num_gallery_blocks, num_splits,
     K_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
 ):
     """Per (query block, gallery split): the K_PAD best keys per query, unsorted,
     to out (Q, num_splits, K_PAD) int64 (distinct sentinels below _KEY_NONE + K_PAD
@@ -301,7 +376,7 @@ def _topk_kernel(
         acc = _score_tile(
             q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
             stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK,
         )
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         keys = tl.where(valid, _score_keys(acc, cols), _KEY_NONE)
@@ -338,15 +413,30 @@ def _check_device(query: torch.Tensor, gallery: torch.Tensor) -> None:
         )
 
 
-def _operands(query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """A common dot dtype: fp16 (or bf16 on a GPU) stays, anything else becomes fp32
-    (exact for fp16/bf16, as the reference's .float())."""
-    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"need (Q, D) and (G, D), got {tuple(query.shape)} and {tuple(gallery.shape)}")
+def _operands(query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str, int, int]:
+    """(q, g, precision, S, T): both as (rows, D) views of their S (T) token rows per
+    query (item) -- 1 for single vectors -- in a common dot dtype: fp16 (or bf16 on
+    a GPU) stays, anything else becomes fp32 (exact for fp16/bf16, as the
+    reference's .float())."""
+    if query.ndim not in (2, 3) or gallery.ndim not in (2, 3) or query.shape[-1] != gallery.shape[-1]:
+        raise ValueError(
+            f"need (Q, D) or (Q, S, D) and (G, D) or (G, T, D), got {tuple(query.shape)} "
+            f"and {tuple(gallery.shape)}"
+        )
+    s_tok = query.shape[1] if query.ndim == 3 else 1
+    t_tok = gallery.shape[1] if gallery.ndim == 3 else 1
+    if not (supports_tokens(s_tok) and supports_tokens(t_tok)):
+        raise ValueError(f"token counts must be powers of two up to {MAX_TOKENS}, got {s_tok} and {t_tok}")
+    q = query.reshape(-1, query.shape[-1])
+    g = gallery.reshape(-1, gallery.shape[-1])
     low = (torch.float16,) if INTERPRETED and query.device.type != "cuda" else (torch.float16, torch.bfloat16)
-    if query.dtype == gallery.dtype and query.dtype in low:
-        return query, gallery, "tf32"  # precision flag only matters for fp32 operands
-    return query.float(), gallery.float(), "ieee"
+    if q.dtype == g.dtype and q.dtype in low:
+        return q, g, "tf32", s_tok, t_tok  # precision flag only matters for fp32 operands
+    return q.float(), g.float(), "ieee", s_tok, t_tok
+
+
+def supports_tokens(count: int) -> bool:
+    return 1 <= count <= MAX_TOKENS and count & (count - 1) == 0
 
 
 def target_rank_counts(
@@ -360,9 +450,8 @@ def target_rank_counts(
     equal int64, positive scores fp32 with nan for padding), each (Q, P).
     `config` overrides `block_config` (tests use it to force small blocks/splits)."""
     _check_device(query, gallery)
-    q, g, precision = _operands(query, gallery)
-    num_queries, dim = q.shape
-    num_gallery = g.shape[0]
+    q, g, precision, s_tok, t_tok = _operands(query, gallery)
+    num_queries, num_gallery, dim = query.shape[0], gallery.shape[0], q.shape[1]
     if positives.ndim != 2 or positives.shape[0] != num_queries or exclude.shape != (num_queries,):
         raise ValueError(f"positives must be (Q, P) and exclude (Q,) with Q = {num_queries}")
     # labels may live on the CPU: they are Q x P, so move them to the scores' device
@@ -377,7 +466,7 @@ def target_rank_counts(
     equal = torch.zeros((num_queries, num_pos), dtype=torch.int32, device=device)
     if num_queries == 0 or num_pos == 0:
         return greater.long(), equal.long(), pos_scores
-    meta = dict(config or block_config("rank", num_queries, num_gallery, dim, q.dtype, device))
+    meta = dict(config or block_config("rank", num_queries, num_gallery, dim, q.dtype, device, s_tok, t_tok))
     programs, warps = meta.pop("programs"), meta.pop("num_warps")
     p_pad = max(2, triton.next_power_of_2(num_pos))
     num_qb = triton.cdiv(num_queries, meta["BLOCK_Q"])
@@ -387,15 +476,78 @@ def target_rank_counts(
     groups = _grid_split(programs, num_qb, num_gb)
     _positive_scores_kernel[(num_qb, groups)](
         q, g, positives, pos_scores, num_queries, num_gallery, dim, *strides, groups,
-        P=num_pos, P_PAD=p_pad, PRECISION=precision, num_warps=warps, **meta,
+        P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok,
+        num_warps=warps, **meta,
     )
     splits = _grid_split(programs, num_qb, num_gb)
     _rank_count_kernel[(num_qb, splits)](
         q, g, positives, pos_scores, exclude, greater, equal,
         num_queries, num_gallery, dim, *strides, num_gb, splits,
-        P=num_pos, P_PAD=p_pad, PRECISION=precision, num_warps=warps, **meta,
+        P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok,
+        num_warps=warps, **meta,
     )
     return greater.long(), equal.long(), pos_scores
+
+
+def mixed_rank_counts(
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    gallery: torch.Tensor,
+    weights: torch.Tensor,
+    positives: torch.Tensor,
+    exclude: torch.Tensor,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused `reference.mixed_rank_counts`: (greater, equal, positive scores), each
+    (W, Q, P), for single-vector parts (Q, D) x gallery (G, D).
+
+    The parts and the gallery are L2-normalised here (O((Q + G) D), beside the
+    O(Q G D) pass); pass 1 is `_positive_scores_kernel` once per part, pass 2
+    `_mixed_rank_count_kernel` for every triple at once."""
+    _check_device(parts[0], gallery)
+    normalised = [torch.nn.functional.normalize(x.float(), dim=-1).to(x.dtype) for x in (*parts, gallery)]
+    operands = [_operands(part, normalised[3]) for part in normalised[:3]]
+    (q, g, precision, _, _), (t, _, _, _, _), (f, _, _, _, _) = operands
+    q, t, f = (x.to(g.dtype).contiguous() for x in (q, t, f))
+    num_queries, dim = q.shape
+    num_gallery = g.shape[0]
+    device = q.device
+    positives = positives.to(device=device, dtype=torch.int64).contiguous()
+    exclude = exclude.to(device=device, dtype=torch.int64).contiguous()
+    weights = weights.to(device=device, dtype=torch.float32).contiguous()
+    num_weights, num_pos = weights.shape[0], positives.shape[1]
+    shape = (num_weights, num_queries, num_pos)
+    if num_queries == 0 or num_pos == 0 or num_weights == 0:
+        empty = torch.zeros(shape, dtype=torch.int64, device=device)
+        return empty, empty.clone(), torch.full(shape, float("nan"), device=device)
+    if int(positives.max()) >= num_gallery:
+        raise IndexError(f"positive index out of range for a gallery of {num_gallery}")
+    meta = dict(config or block_config("rank", num_queries, num_gallery, dim, q.dtype, device))
+    programs, warps = meta.pop("programs"), meta.pop("num_warps")
+    p_pad = max(2, triton.next_power_of_2(num_pos))
+    num_qb = triton.cdiv(num_queries, meta["BLOCK_Q"])
+    num_gb = triton.cdiv(num_gallery, meta["BLOCK_G"])
+    strides = (q.stride(0), q.stride(1), g.stride(0), g.stride(1))
+    groups = _grid_split(programs, num_qb, num_gb)
+    part_scores = torch.full((3, num_queries, num_pos), float("nan"), dtype=torch.float32, device=device)
+    for i, part in enumerate((q, t, f)):  # the tiles pass 2 computes, bit for bit
+        _positive_scores_kernel[(num_qb, groups)](
+            part, g, positives, part_scores[i], num_queries, num_gallery, dim, *strides, groups,
+            P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=1, T_TOK=1,
+            num_warps=warps, **meta,
+        )
+    splits = _grid_split(programs, num_qb, num_gb)
+    counts = torch.zeros((2, splits, *shape), dtype=torch.int32, device=device)
+    _mixed_rank_count_kernel[(num_qb, splits)](
+        q, t, f, g, weights, positives, part_scores, exclude, counts,
+        num_queries, num_gallery, dim, num_weights, *strides, num_gb, splits,
+        P=num_pos, PRECISION=precision, num_warps=warps, **meta,
+    )
+    greater, at_least = counts.sum(dim=1, dtype=torch.int64)
+    pad = (positives < 0)[None]
+    equal = (at_least - greater - 1).masked_fill(pad, 0)  # the positive is >= itself
+    w = weights[:, :, None, None]
+    mixed = (part_scores[0][None] * w[:, 0] + part_scores[1][None] * w[:, 1]) + part_scores[2][None] * w[:, 2]
+    return greater.masked_fill(pad, 0), equal, mixed.masked_fill(pad, float("nan"))
 
 
 def topk_excluding(
@@ -409,9 +561,8 @@ def topk_excluding(
     (scores fp32 (Q, k), indices int64 (Q, k)), best first, ties to the lower index,
     k capped at the number of candidates exactly as the reference caps it."""
     _check_device(query, gallery)
-    q, g, precision = _operands(query, gallery)
-    num_queries, dim = q.shape
-    num_gallery = g.shape[0]
+    q, g, precision, s_tok, t_tok = _operands(query, gallery)
+    num_queries, num_gallery, dim = query.shape[0], gallery.shape[0], q.shape[1]
     if exclude.shape != (num_queries,):
         raise ValueError(f"exclude must be (Q,) with Q = {num_queries}")
     exclude = exclude.to(device=q.device, dtype=torch.int64).contiguous()
@@ -423,7 +574,7 @@ def topk_excluding(
         k = max(k, 0)
         return (torch.empty(num_queries, k, device=device),
                 torch.empty(num_queries, k, dtype=torch.long, device=device))
-    meta = dict(config or block_config("topk", num_queries, num_gallery, dim, q.dtype, device))
+    meta = dict(config or block_config("topk", num_queries, num_gallery, dim, q.dtype, device, s_tok, t_tok))
     programs, warps = meta.pop("programs"), meta.pop("num_warps")
     k_pad = max(2, triton.next_power_of_2(k))
     num_qb = triton.cdiv(num_queries, meta["BLOCK_Q"])
@@ -433,7 +584,7 @@ def topk_excluding(
     _topk_kernel[(num_qb, splits)](
         q, g, exclude, keys, num_queries, num_gallery, dim,
         q.stride(0), q.stride(1), g.stride(0), g.stride(1), num_gb, splits,
-        K_PAD=k_pad, PRECISION=precision, num_warps=warps, **meta,
+        K_PAD=k_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok, num_warps=warps, **meta,
     )
     # Merge: keys are unique (they hold the index), so top-k has no ties to break;
     # there are at least k real keys, so no sentinel is picked.

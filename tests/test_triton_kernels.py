@@ -378,6 +378,115 @@ def test_interpreter_runs_a_full_block_problem_quickly():
 
 
 # --------------------------------------------------------------------------------------
+# Mixed queries: every weight triple in one pass
+# --------------------------------------------------------------------------------------
+
+WEIGHTS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+                        [0.25, 0.25, 0.5], [0.5, 0.0, 0.5], [0.125, 0.375, 0.5]])
+
+
+def make_mixed_problem(num_queries, num_gallery, dim, num_pos=2, kind="random", seed=0):
+    q, g, positives, exclude = make_problem(num_queries, num_gallery, dim, num_pos, kind, seed=seed)
+    t, _, _, _ = make_problem(num_queries, num_gallery, dim, num_pos, kind, seed=seed + 1)
+    f, _, _, _ = make_problem(num_queries, num_gallery, dim, num_pos, kind, seed=seed + 2)
+    return (q, t, f), g, positives, exclude
+
+
+@pytest.mark.parametrize("config", [None, SMALL_BLOCKS], ids=["auto-blocks", "small-blocks"])
+@pytest.mark.parametrize("shape", [(37, 301, 64, 3), (1, 17, 8, 1), (20, 70, 16, 2)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_mixed_rank_counts_match_reference(shape, config):
+    parts, g, positives, exclude = make_mixed_problem(*shape, seed=sum(shape))
+    got = tk.mixed_rank_counts(parts, g, WEIGHTS, positives, exclude, config=config)
+    assert_counts_equal(got, reference.mixed_rank_counts(parts, g, WEIGHTS, positives, exclude),
+                        torch.float32)
+
+
+def exact_unit_rows(num, dim, gen):
+    """Rows with four entries +-1, the rest 0: norm 2, so normalising gives +-0.5
+    exactly, every score is a multiple of 1/4 and ties are everywhere."""
+    rows = torch.zeros(num, dim)
+    for row in rows:
+        row[torch.randperm(dim, generator=gen)[:4]] = torch.randint(0, 2, (4,), generator=gen) * 2.0 - 1
+    return rows
+
+
+def test_mixed_rank_counts_with_ties_equal_a_direct_ranking_per_triple():
+    """Exact scores and dyadic weights: each triple's counts, ties included, equal
+    ranking the explicitly mixed query m = w . (q, t, f) against the gallery."""
+    gen = torch.Generator().manual_seed(4)
+    parts = tuple(exact_unit_rows(29, 12, gen) for _ in range(3))
+    g = exact_unit_rows(150, 12, gen)
+    positives = torch.randint(0, 150, (29, 3), generator=gen)
+    positives[1::4, -1] = -1
+    exclude = (positives[:, 0] + 7) % 150
+    exclude[::3] = -1
+    greater, equal, _ = tk.mixed_rank_counts(parts, g, WEIGHTS, positives, exclude, config=SMALL_BLOCKS)
+    valid = positives >= 0
+    for i, w in enumerate(WEIGHTS):
+        unit = [torch.nn.functional.normalize(x, dim=-1) for x in (*parts, g)]
+        mixed = w[0] * unit[0] + w[1] * unit[1] + w[2] * unit[2]
+        direct = reference.target_rank_counts(mixed, unit[3], positives, exclude)
+        assert torch.equal(greater[i][valid], direct[0][valid]), i
+        assert torch.equal(equal[i][valid], direct[1][valid]), i
+    assert equal.sum() > 0  # the case has ties to get right
+
+
+def test_mixed_rank_counts_fp16_agree_but_for_near_ties():
+    parts, g, positives, exclude = make_mixed_problem(40, 400, 64, seed=8)
+    half = tuple(x.half() for x in parts)
+    got = tk.mixed_rank_counts(half, g.half(), WEIGHTS, positives, exclude)
+    expected = reference.mixed_rank_counts(half, g.half(), WEIGHTS, positives, exclude)
+    valid = (positives >= 0)[None].expand_as(got[0])
+    moved = (got[0] - expected[0]).abs()[valid]
+    assert moved.max() <= 3 and (moved > 0).float().mean() < 0.05  # fp16 rounding of the unit vectors
+    torch.testing.assert_close(got[2][valid], expected[2][valid], atol=2e-3, rtol=0)
+
+
+# --------------------------------------------------------------------------------------
+# Max-sim (BLIP-2's query tokens)
+# --------------------------------------------------------------------------------------
+
+
+def make_tokens(num, tokens, dim, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(num, tokens, dim, generator=gen) if tokens else torch.randn(num, dim, generator=gen)
+    return torch.nn.functional.normalize(x, dim=-1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("tokens", [(32, 32), (0, 32), (8, 16)], ids=lambda t: f"{t[0]}x{t[1]}")
+def test_maxsim_rank_counts_and_topk_match_reference(tokens, dtype):
+    s_tok, t_tok = tokens
+    q = make_tokens(13, s_tok, 32, seed=1, dtype=dtype)
+    g = make_tokens(45, t_tok, 32, seed=2, dtype=dtype)  # 45: not a multiple of any block
+    gen = torch.Generator().manual_seed(3)
+    positives = torch.randint(0, 45, (13, 2), generator=gen)
+    positives[::4, 1] = -1
+    exclude = (positives[:, 0] + 1) % 45
+    exclude[::3] = -1
+    got = tk.target_rank_counts(q, g, positives, exclude)
+    assert_counts_equal(got, reference.target_rank_counts(q, g, positives, exclude), dtype)
+    for k in (1, 50):
+        assert_topk_equal(tk.topk_excluding(q, g, k, exclude), reference.topk_excluding(q, g, k, exclude), dtype)
+
+
+def test_maxsim_duplicates_tie_and_public_functions_dispatch_to_the_kernel(monkeypatch):
+    q = make_tokens(9, 32, 16, seed=4)
+    g = make_tokens(40, 32, 16, seed=5)
+    g[[11, 30]] = g[2].clone()  # copies of the positive in other blocks
+    positives = torch.full((9, 1), 2)
+    exclude = torch.full((9,), -1)
+    calls = []
+    real = tk.target_rank_counts
+    monkeypatch.setattr(tk, "target_rank_counts", lambda *a: calls.append("rank") or real(*a))
+    greater, equal, _ = kernels.target_rank_counts(q, g, positives, exclude, impl="triton")
+    assert calls == ["rank"]
+    assert (equal[:, 0] == 2).all()
+    assert torch.equal(greater, reference.target_rank_counts(q, g, positives, exclude)[0])
+
+
+# --------------------------------------------------------------------------------------
 # GPU: the compiled kernels
 # --------------------------------------------------------------------------------------
 
@@ -391,20 +500,36 @@ from triton.compiler import ASTSource
 from kernels import triton_kernels as tk
 
 config = dict(BLOCK_Q=128, BLOCK_G=128, BLOCK_D=64)  # block_config's fp16 rank tiles
+single = dict(S_TOK=1, T_TOK=1)
 sizes = dict(num_queries="i32", num_gallery="i32", dim="i32", stride_qm="i64",
              stride_qd="i64", stride_gn="i64", stride_gd="i64")
 jobs = [
     (tk._positive_scores_kernel, 8,
      dict(q_ptr="*fp16", g_ptr="*fp16", pos_ptr="*i64", out_ptr="*fp32", **sizes, num_groups="i32"),
-     dict(P=2, P_PAD=2, **config)),
+     dict(P=2, P_PAD=2, **config, **single)),
     (tk._rank_count_kernel, 8,
      dict(q_ptr="*fp16", g_ptr="*fp16", pos_ptr="*i64", pos_score_ptr="*fp32", exclude_ptr="*i64",
           greater_ptr="*i32", equal_ptr="*i32", **sizes, num_gallery_blocks="i32", num_splits="i32"),
-     dict(P=2, P_PAD=2, **config)),
+     dict(P=2, P_PAD=2, **config, **single)),
     (tk._topk_kernel, 4,
      dict(q_ptr="*fp16", g_ptr="*fp16", exclude_ptr="*i64", out_ptr="*i64", **sizes,
           num_gallery_blocks="i32", num_splits="i32"),
-     dict(K_PAD=64, BLOCK_Q=64, BLOCK_G=128, BLOCK_D=64)),
+     dict(K_PAD=64, BLOCK_Q=64, BLOCK_G=128, BLOCK_D=64, **single)),
+    # BLIP-2 max-sim: 32 x 32 tokens, 4 x 4 items per 128 x 128 token tile
+    (tk._rank_count_kernel, 8,
+     dict(q_ptr="*fp16", g_ptr="*fp16", pos_ptr="*i64", pos_score_ptr="*fp32", exclude_ptr="*i64",
+          greater_ptr="*i32", equal_ptr="*i32", **sizes, num_gallery_blocks="i32", num_splits="i32"),
+     dict(P=1, P_PAD=2, BLOCK_Q=4, BLOCK_G=4, BLOCK_D=64, S_TOK=32, T_TOK=32)),
+    (tk._topk_kernel, 4,
+     dict(q_ptr="*fp16", g_ptr="*fp16", exclude_ptr="*i64", out_ptr="*i64", **sizes,
+          num_gallery_blocks="i32", num_splits="i32"),
+     dict(K_PAD=64, BLOCK_Q=4, BLOCK_G=4, BLOCK_D=64, S_TOK=32, T_TOK=32)),
+    (tk._mixed_rank_count_kernel, 8,
+     dict(q_ptr="*fp16", t_ptr="*fp16", f_ptr="*fp16", g_ptr="*fp16", w_ptr="*fp32", pos_ptr="*i64",
+          parts_score_ptr="*fp32", exclude_ptr="*i64", counts_ptr="*i32", num_queries="i32",
+          num_gallery="i32", dim="i32", num_weights="i32", stride_qm="i64", stride_qd="i64",
+          stride_gn="i64", stride_gd="i64", num_gallery_blocks="i32", num_splits="i32"),
+     dict(P=1, **config)),
 ]
 layouts = []
 for fn, warps, signature, constexprs in jobs:
@@ -430,10 +555,10 @@ def test_kernels_compile_for_hopper_with_one_dot_layout_in_both_rank_passes(tmp_
     result = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    positive_pass, count_pass, topk = json.loads(result.stdout.strip().splitlines()[-1])
+    positive_pass, count_pass, topk, *others = json.loads(result.stdout.strip().splitlines()[-1])
     assert positive_pass and positive_pass == count_pass
     assert "versionMajor = 3" in positive_pass[0]  # wgmma on Hopper
-    assert topk
+    assert topk and all(others)  # max-sim rank and top-K, the mixed rank pass
 
 
 def near_tie_slack(scores, pos_scores, dtype):
