@@ -1,59 +1,152 @@
-"""Retrieval at CIRR size (4,181 queries x 2,297 gallery, D=256): the reference rank
-count and top-50 against torch matmul+topk and faiss-cpu IndexFlatIP.
+"""Scoring benches: the retrieval core against torch matmul+topk and faiss-cpu.
 
-    pytest benches --benchmark-only
+    pytest benches --benchmark-only                    # CIRR size; Triton ones need CUDA
+    COIR_BENCH_LARGE=1 pytest benches --benchmark-only # + 10k x 100k and 10k x 1M on CPU
 
-Derived units in extra_info: queries/s = Q / t, effective GFLOP/s = 2*Q*G*D / t.
-faiss runs in a subprocess-free way here; its OpenMP pool and torch's can fight
-in one process, so compare its numbers with COIR_BENCH_THREADS=1 as well.
+In-process benches run the CIRR-size problem (4,181 x 2,297, D=256) of
+benches/scoring_job.py. faiss, and every large problem, run as a job in a
+process of its own (faiss's and torch's OpenMP pools fight in one process); the
+job's own timing of the scoring call is in extra_info["seconds"], the benchmark
+time around it includes the process start and data generation. For the results
+file BENCHMARKS.md is built from, use `python -m benches.scoring_suite`.
+
+extra_info: queries/s, effective TFLOP/s and GB/s, and the fraction of the
+roofline T_min = max(2QGD / peak, bytes / bandwidth) (benches/roofline.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import kernels
+from benches.roofline import machine_key, t_min
+from benches.scoring_job import make_problem, sweep_weights
+from benches.scoring_suite import REPO, job_command
 from kernels import reference
 
 Q, G, D, K = 4181, 2297, 256, 50
+CUDA = torch.cuda.is_available()
+LARGE = os.environ.get("COIR_BENCH_LARGE", "0") not in ("", "0")
 
 
-def setup_cirr_size(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    query = torch.nn.functional.normalize(torch.randn(Q, D, generator=g), dim=-1)
-    gallery = torch.nn.functional.normalize(torch.randn(G, D, generator=g), dim=-1)
-    exclude = torch.randint(0, G, (Q,), generator=g)
-    target = (exclude + 1) % G
-    return query, gallery, exclude, target
+def problem(device="cpu", dtype=torch.float32):
+    return make_problem(Q, G, D, seed=0, device=device, dtype=dtype, noise=3.0)
 
 
-def record(benchmark, provider: str):
+def derived_units(benchmark, provider: str, device: str, dtype: torch.dtype, parts: int = 1):
+    seconds = benchmark.stats.stats.min
+    floor = t_min(Q, G, D, torch.finfo(dtype).bits // 8, Q * 16, machine_key(torch.device(device)),
+                  parts=parts)
     benchmark.extra_info.update(
-        provider=provider, device="cpu", dtype="fp32", shape=f"{Q}x{G}x{D}", k=K,
-        threads=torch.get_num_threads(),
+        provider=provider, device=device, dtype=str(dtype), shape=f"{Q}x{G}x{D}", k=K,
+        threads=torch.get_num_threads(), queries_per_s=Q / seconds,
+        effective_tflop_per_s=floor["flops"] / seconds / 1e12,
+        effective_gb_per_s=floor["bytes"] / seconds / 1e9,
+        roofline_fraction=floor["t_min_s"] / seconds,
     )
 
 
-def derived_units(benchmark):
-    seconds = benchmark.stats.stats.mean
-    benchmark.extra_info["queries_per_s"] = Q / seconds
-    benchmark.extra_info["gflop_per_s"] = 2 * Q * G * D / seconds / 1e9
+def sync_after(fn, device):
+    def run():
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
 
 
-@pytest.mark.parametrize("provider", ["reference-rank", "reference-topk", "torch-mm-topk", "faiss"])
-def bench_cirr_size(benchmark, provider):
-    query, gallery, exclude, target = setup_cirr_size()
-    record(benchmark, provider)
+@pytest.mark.parametrize("provider", ["reference-rank", "torch-mm-topk"])
+def bench_cirr_size_cpu(benchmark, provider):
+    q, g, target, exclude = problem()
     if provider == "reference-rank":
-        benchmark(reference.target_rank_counts, query, gallery, target[:, None], exclude)
-    elif provider == "reference-topk":
-        benchmark(reference.topk_excluding, query, gallery, K, exclude)
-    elif provider == "torch-mm-topk":
-        benchmark(lambda: torch.topk(query @ gallery.T, K + 1, dim=1))
+        reference.target_rank_counts(q[:8], g, target[:8, None], exclude[:8])  # compile outside the timing
+        benchmark(reference.target_rank_counts, q, g, target[:, None], exclude)
     else:
-        faiss = pytest.importorskip("faiss")
-        index = faiss.IndexFlatIP(D)
-        index.add(gallery.numpy())
-        q = query.numpy()
-        benchmark(index.search, q, K + 1)  # K+1, then the reference is dropped
-    derived_units(benchmark)
+        benchmark(lambda: torch.topk(q @ g.T, K + 1, dim=1))
+    derived_units(benchmark, provider, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("triples", [1, 66, 231])
+@pytest.mark.parametrize("provider", ["reference-sweep", "recompute-sweep"])
+def bench_sweep_cirr_size_cpu(benchmark, provider, triples):
+    q, g, target, exclude = problem()
+    parts = (q, q.roll(1, 0), q.roll(2, 0))
+    weights = sweep_weights(triples)
+    positives = target[:, None]
+    if provider == "reference-sweep":
+        reference.mixed_rank_counts(tuple(p[:8] for p in parts), g, weights, positives[:8], exclude[:8])
+        benchmark.pedantic(reference.mixed_rank_counts, (parts, g, weights, positives, exclude),
+                           rounds=3, iterations=1)
+    else:
+        def recompute():
+            for w in weights:
+                mixed = torch.nn.functional.normalize(w[0] * parts[0] + w[1] * parts[1] + w[2] * parts[2], dim=-1)
+                reference.target_rank_counts(mixed, g, positives, exclude)
+
+        benchmark.pedantic(recompute, rounds=1 if triples > 1 else 3, iterations=1)
+    benchmark.extra_info["triples"] = triples
+    derived_units(benchmark, provider, "cpu", torch.float32, parts=3 if provider == "reference-sweep" else 1)
+
+
+def run_job(benchmark, **arguments):
+    """One scoring_job in its own process; its own timing goes to extra_info."""
+    command = job_command(arguments)
+    done = benchmark.pedantic(lambda: subprocess.run(command, capture_output=True, text=True, cwd=REPO),
+                              rounds=1, iterations=1)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    benchmark.extra_info.update({k: v for k, v in row.items() if k != "all_seconds"})
+    return row
+
+
+def bench_faiss_cirr_size_own_process(benchmark):
+    pytest.importorskip("faiss")
+    run_job(benchmark, provider="faiss", queries=Q, gallery=G, repeat=5)
+
+
+@pytest.mark.skipif(not LARGE, reason="large CPU problems: set COIR_BENCH_LARGE=1 (minutes)")
+@pytest.mark.parametrize("gallery", [100_000, 1_000_000])
+@pytest.mark.parametrize("provider", ["reference-rank", "torch-mm-topk", "faiss"])
+def bench_large_cpu_own_process(benchmark, provider, gallery):
+    if provider == "faiss":
+        pytest.importorskip("faiss")
+    run_job(benchmark, provider=provider, queries=10_000, gallery=gallery)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("provider", ["triton-rank", "triton-topk", "torch-mm-topk", "triton-sweep-231"])
+def bench_cirr_size_gpu(benchmark, provider):
+    q, g, target, exclude = problem("cuda", torch.float16)
+    positives = target[:, None]
+    calls = {
+        "triton-rank": lambda: kernels.target_rank_counts(q, g, positives, exclude, impl="triton"),
+        "triton-topk": lambda: kernels.topk_excluding(q, g, K, exclude, impl="triton"),
+        "torch-mm-topk": lambda: torch.topk(q @ g.T, K + 1, dim=1),
+        "triton-sweep-231": lambda: kernels.mixed_rank_counts(
+            (q, q.roll(1, 0), q.roll(2, 0)), g, sweep_weights(231).cuda(), positives, exclude, impl="triton"),
+    }
+    fn = sync_after(calls[provider], "cuda")
+    fn()  # compile outside the timing
+    benchmark(fn)
+    derived_units(benchmark, provider, "cuda", torch.float16, parts=3 if "sweep" in provider else 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("gallery", [1_000_000, 10_000_000])
+@pytest.mark.parametrize("provider", ["triton-rank", "triton-topk", "torch-mm-topk"])
+def bench_large_gpu_own_process(benchmark, provider, gallery):
+    run_job(benchmark, provider=provider, queries=10_000, gallery=gallery, dtype="fp16", device="cuda",
+            repeat=2)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "--benchmark-only"]))

@@ -191,8 +191,8 @@ def mixed_rank_counts(
     q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)
     g = torch.nn.functional.normalize(gallery.float(), dim=-1)
     num_queries, num_gallery = q.shape[0], g.shape[0]
-    # three score blocks per query; rows sized so the blocks stay cache-sized
-    step = chunk or max(1, min(64, _TARGET_CHUNK_BYTES // (12 * max(1, num_gallery))))
+    # rows per chunk: the three score blocks (~4 MB) stay in cache while every triple reads them
+    step = chunk or max(1, min(256, (4 << 20) // (12 * max(1, num_gallery))))
     shape = (weights.shape[0], num_queries, positives.shape[1])
     greater = torch.zeros(shape, dtype=torch.long, device=g.device)
     equal = torch.zeros(shape, dtype=torch.long, device=g.device)
@@ -200,13 +200,15 @@ def mixed_rank_counts(
     w = weights.float().to(g.device)
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
-        blocks = torch.stack([q[start:stop] @ g.T, t[start:stop] @ g.T, f[start:stop] @ g.T])
-        rows = torch.arange(stop - start, device=blocks.device)
-        skip = exclude[start:stop].to(blocks.device)
+        rows = torch.arange(stop - start, device=g.device)
+        # one matmul for the three parts: (3R, D) x (D, G) -> (3, R, G)
+        blocks = (torch.cat([q[start:stop], t[start:stop], f[start:stop]]) @ g.T).view(3, len(rows), -1)
+        skip = exclude[start:stop].to(g.device)
         for p in range(positives.shape[1]):
-            pos = positives[start:stop, p].to(blocks.device)
+            pos = positives[start:stop, p].to(g.device)
             own = blocks[:, rows, pos.clamp(min=0)]  # (3, R)
-            differences = blocks - own[:, :, None]
+            last = p == positives.shape[1] - 1
+            differences = blocks.sub_(own[:, :, None]) if last else blocks - own[:, :, None]
             differences[:, rows[skip >= 0], skip[skip >= 0]] = float("nan")
             above, at_least = counting.count_mixed_above_zero(differences, w)
             pad = (pos < 0)[None, :]

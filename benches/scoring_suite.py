@@ -1,0 +1,112 @@
+"""Scoring benches that are too large for a pytest run: each measurement in its own
+process (benches/scoring_job.py), all of them in one results file.
+
+    python -m benches.scoring_suite --plan cpu --out results/reference/scoring_cpu.json
+    python -m benches.scoring_suite --plan gpu --out $OUT/scoring_gpu.json   # on a GPU
+
+The results file is what BENCHMARKS.md is generated from (`python -m harness.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import provenance
+from harness.atomic import write_json
+
+CIRR = dict(queries=4181, gallery=2297)
+REPO = Path(__file__).resolve().parent.parent
+
+# (label, job arguments); every job of a label scores the same problem
+PLANS = {
+    "cpu": [
+        *[("CIRR size", dict(provider=p, repeat=5, **CIRR)) for p in ("reference-rank", "torch-mm-topk", "faiss")],
+        *[("10k x 100k", dict(provider=p, queries=10_000, gallery=100_000))
+          for p in ("reference-rank", "torch-mm-topk", "faiss")],
+        *[("10k x 1M", dict(provider=p, queries=10_000, gallery=1_000_000))
+          for p in ("reference-rank", "torch-mm-topk", "faiss")],
+        *[(f"sweep {n} triples, CIRR size", dict(provider=p, triples=n, **CIRR))
+          for n in (1, 66, 231) for p in ("reference-sweep", "recompute-sweep")],
+    ],
+    "gpu": [
+        *[("CIRR size fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=20, **CIRR))
+          for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+        *[("10k x 1M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=3, queries=10_000,
+                                 gallery=1_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+        *[("10k x 10M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=2, queries=10_000,
+                                  gallery=10_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+        *[(f"sweep {n} triples, CIRR size fp16", dict(provider=p, triples=n, dtype="fp16", device="cuda",
+                                                       repeat=5, **CIRR))
+          for n in (1, 66, 231) for p in ("triton-sweep", "recompute-sweep")],
+        *[("BLIP-2 max-sim 32x32 tokens, CIRR size fp16",
+           dict(provider=p, tokens=32, dtype="fp16", device="cuda", repeat=3, **CIRR))
+          for p in ("triton-rank", "reference-rank")],
+    ],
+    "smoke": [  # seconds: checks the plumbing (tests use it)
+        *[("tiny", dict(provider=p, queries=50, gallery=300, dim=32)) for p in ("reference-rank", "torch-mm-topk")],
+        ("tiny sweep", dict(provider="reference-sweep", queries=50, gallery=300, dim=32, triples=66)),
+    ],
+}
+
+
+def job_command(arguments: dict) -> list[str]:
+    command = [sys.executable, "-m", "benches.scoring_job"]
+    for key, value in arguments.items():
+        command += [f"--{key}", str(value)]
+    return command
+
+
+def run_plan(plan: str, only: str | None, timeout: int) -> dict:
+    rows = []
+    for label, arguments in PLANS[plan]:
+        if only and only not in label:
+            continue
+        print(f"{label}: {arguments['provider']} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(job_command(arguments), capture_output=True, text=True, timeout=timeout,
+                                  cwd=REPO)
+        except subprocess.TimeoutExpired:
+            rows.append({"label": label, **arguments, "error": f"timed out after {timeout} s"})
+            continue
+        if done.returncode != 0:
+            rows.append({"label": label, **arguments, "error": done.stderr.strip()[-2000:]})
+            print(done.stderr[-2000:], file=sys.stderr)
+            continue
+        row = {"label": label, **json.loads(done.stdout.strip().splitlines()[-1]),
+               "process_seconds": time.perf_counter() - started}
+        print(f"  {row['seconds']:.3f} s, recall {row['recall']}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return {"kind": "scoring", "plan": plan, "date": provenance.now(), "git": provenance.git_state(),
+            "packages": provenance.package_versions(), "hardware": provenance.hardware(_device(plan)),
+            "rows": rows}
+
+
+def _device(plan: str):
+    import torch
+
+    return torch.device("cuda" if plan == "gpu" else "cpu")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benches.scoring_suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", choices=list(PLANS), default="cpu")
+    parser.add_argument("--out", required=True, help="results JSON to write")
+    parser.add_argument("--only", help="run only the jobs whose label contains this")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per job")
+    args = parser.parse_args(argv)
+    result = run_plan(args.plan, args.only, args.timeout)
+    write_json(Path(args.out), result)
+    failed = [row for row in result["rows"] if "error" in row]
+    print(f"wrote {args.out}: {len(result['rows'])} jobs, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
