@@ -627,3 +627,33 @@ def test_gpu_duplicates_tie_with_the_positive():
     positives = torch.full((300, 1), 3, device="cuda")
     _, equal, _ = tk.target_rank_counts(q, g, positives, torch.full((300,), -1, device="cuda"))
     assert (equal[:, 0] == len(range(100, 5000, 97))).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_mixed_rank_counts(dtype):
+    parts, g, positives, exclude = make_mixed_problem(1000, 20011, 256, num_pos=2, seed=13)
+    parts = tuple(x.to("cuda", dtype) for x in parts)
+    g, positives, exclude = g.to("cuda", dtype), positives.cuda(), exclude.cuda()
+    weights = torch.cat([WEIGHTS, torch.rand(60, 3)]).cuda()
+    got = tk.mixed_rank_counts(parts, g, weights, positives, exclude)
+    expected = reference.mixed_rank_counts(parts, g, weights, positives, exclude)
+    valid = (positives >= 0)[None].expand_as(got[0])
+    moved = (got[0] - expected[0]).abs()[valid]  # cuBLAS sums in another order: near-ties only
+    assert moved.max() <= 3 and (moved > 0).float().mean() < 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_maxsim_rank_counts_and_topk(dtype):
+    q = make_tokens(300, 32, 256, seed=14).to("cuda", dtype)
+    g = make_tokens(2001, 32, 256, seed=15).to("cuda", dtype)
+    positives = torch.randint(0, 2001, (300, 1), device="cuda")
+    exclude = (positives[:, 0] + 1) % 2001
+    greater, _, scores = tk.target_rank_counts(q, g, positives, exclude)
+    ref_greater, _, ref_scores = reference.target_rank_counts(q, g, positives, exclude)
+    torch.testing.assert_close(scores, ref_scores, atol=2e-2, rtol=0)
+    assert (greater - ref_greater).abs().max() <= 3
+    values, _ = tk.topk_excluding(q, g, 50, exclude)
+    ref_values, _ = reference.topk_excluding(q, g, 50, exclude)
+    torch.testing.assert_close(values, ref_values, atol=2e-2, rtol=0)
