@@ -13,6 +13,11 @@ from kernels import counting
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
+# Single-vector rank counting tiles: 1024 x 4096 fp32 scores (16 MB) are counted
+# while still in the last-level cache, and 1024 rows amortise BLAS's packing of
+# each gallery block.
+QUERY_TILE = 1024
+GALLERY_TILE = 4096
 # Elements of the (Q, G', S, T) token-pair block of max-sim scoring: 256 MB of fp32.
 MAXSIM_BLOCK_ELEMENTS = 64 << 20
 
@@ -92,16 +97,74 @@ def target_rank_counts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rank_counts_dense` over query x gallery cosine-style scores (inner products).
 
-    query (Q, D), gallery (G, D), positives (Q, P) gallery indices (-1 pad),
-    exclude (Q,) gallery index removed from each query's ranking (-1 for none;
-    CIRR removes the query's reference image).
+    query (Q, D) or (Q, S, D), gallery (G, D) or (G, T, D), positives (Q, P)
+    gallery indices (-1 pad), exclude (Q,) gallery index removed from each query's
+    ranking (-1 for none; CIRR removes the query's reference image).
 
-    One query chunk's score rows at a time; the positives' scores are read from
-    those very rows (so a duplicate of a positive ties with it, bit for bit), and
-    one fused pass counts > and >= per row; the positive itself and the excluded
-    item are then taken out of the counts from their own scores. No mask, no
-    second copy of the scores.
+    Single vectors are scored in (query chunk x gallery block) tiles small enough to
+    be counted while they are still in cache (one fused pass: > and >= per row).
+    The positives' scores come first, from a matmul of the chunk against the
+    positives' own rows; each tile holding a positive checks that its score there is
+    the same bits, and a row where it is not (a BLAS that sums another way for
+    another shape) is recounted from one score row of its own. The positive itself
+    and the excluded item are taken out of the counts from their tile scores. Max-sim
+    features take `_target_rank_counts_rows`.
     """
+    if query.ndim == 3 or gallery.ndim == 3:
+        return _target_rank_counts_rows(query, gallery, positives, exclude, chunk)
+    num_queries, num_gallery = query.shape[0], gallery.shape[0]
+    device = query.device
+    greater = torch.zeros(positives.shape, dtype=torch.int64, device=device)
+    equal = torch.zeros(positives.shape, dtype=torch.int64, device=device)
+    pos_scores = torch.full(positives.shape, float("nan"), device=device)
+    q_all, g_all = query.float(), gallery.float()
+    step = chunk or QUERY_TILE
+    for start in range(0, num_queries, step):
+        stop = min(start + step, num_queries)
+        q = q_all[start:stop]
+        rows = torch.arange(stop - start, device=device)
+        pos = positives[start:stop].to(device)
+        skip = exclude[start:stop].to(device)
+        own = torch.stack([(q @ g_all[pos[:, p].clamp(min=0)].T).diagonal() for p in range(pos.shape[1])], 1)
+        above = torch.zeros(pos.shape, dtype=torch.int64, device=device)
+        at_least = torch.zeros_like(above)
+        mismatch = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for block in range(0, num_gallery, GALLERY_TILE):
+            tile = q @ g_all[block : block + GALLERY_TILE].T
+            for p in range(pos.shape[1]):
+                g_, ge = counting.count_above(tile, own[:, p])
+                above[:, p] += g_
+                at_least[:, p] += ge
+                inside = (pos[:, p] >= block) & (pos[:, p] < block + tile.shape[1])
+                here = tile[rows[inside], pos[inside, p] - block]
+                mismatch[rows[inside]] |= here.view(torch.int32) != own[inside, p].view(torch.int32)
+            inside = (skip >= block) & (skip < block + tile.shape[1])
+            there = tile[rows[inside], skip[inside] - block][:, None]  # the excluded item's scores
+            above[inside] -= (there > own[inside]).long()
+            at_least[inside] -= (there >= own[inside]).long()
+        at_least -= 1  # the positive is >= itself
+        pad = pos < 0
+        greater[start:stop] = above.masked_fill(pad, 0)
+        equal[start:stop] = (at_least - above).masked_fill(pad, 0)
+        pos_scores[start:stop] = own.masked_fill(pad, float("nan"))
+        if mismatch.any():
+            again = rows[mismatch] + start
+            fixed = _target_rank_counts_rows(query[again], gallery, positives[again], exclude[again], None)
+            for out, part in zip((greater, equal, pos_scores), fixed):
+                out[again] = part
+    return greater, equal, pos_scores
+
+
+def _target_rank_counts_rows(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    positives: torch.Tensor,
+    exclude: torch.Tensor,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`target_rank_counts` from whole score rows: each query chunk's rows against the
+    full gallery, the positives' scores read from those very rows (so a duplicate
+    of a positive ties with it, bit for bit)."""
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     step = _query_chunk(num_gallery, chunk)
     greater = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
