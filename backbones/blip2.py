@@ -59,6 +59,7 @@ from backbones.checkpoints import (
 )
 from backbones.convert import read_weights_only
 from backbones.convert_blip2 import lavis_blip2_to_transformers, lavis_coco_config
+from backbones.integrity import from_pretrained_strict
 from backbones.preprocess import ImagePreprocess
 from harness.errors import HarnessError
 
@@ -271,17 +272,11 @@ def build_tiny_blip2(seed: int = 0, num_query_tokens: int = 8) -> Blip2Composer:
 def load_blip2_model(source: str) -> Blip2ForImageTextRetrieval:
     """from_pretrained with the Q-Former text path switched on. Older hub configs spell it
     `qformer_text_input`, which transformers 5 ignores: the text weights would then be
-    dropped silently. Any weight the checkpoint lacks is an error, not a random init."""
+    dropped silently. Any weight the checkpoint lacks (or holds beyond the model's) is an
+    error naming it, not a random init (backbones/integrity.py)."""
     config = Blip2Config.from_pretrained(source)
     config.qformer_config.use_qformer_text_input = True
-    model, info = Blip2ForImageTextRetrieval.from_pretrained(source, config=config, output_loading_info=True)
-    missing = list(info.get("missing_keys", []))
-    if missing:
-        raise HarnessError(
-            f"BLIP-2 checkpoint {source} lacks {len(missing)} weights of "
-            f"Blip2ForImageTextRetrieval (first: {missing[:3]})"
-        )
-    return model
+    return from_pretrained_strict(Blip2ForImageTextRetrieval, source, config=config)
 
 
 def load_lavis_file(path: str, options: LoadOptions) -> tuple[Blip2ForImageTextRetrieval, PreTrainedTokenizerBase]:

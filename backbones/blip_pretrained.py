@@ -26,6 +26,7 @@ from backbones.checkpoints import (
     preflight_problems,
     resolve,
 )
+from backbones.integrity import from_pretrained_strict
 from backbones.preprocess import ImagePreprocess
 
 FILE_KINDS = {".pth": "blip", ".ckpt": "covr"}
@@ -50,7 +51,7 @@ class PretrainedBlip:
         if resolved.kind == "file":
             model, tokenizer = cls._from_original(resolved.source, options)
         else:
-            model = BlipForImageTextRetrieval.from_pretrained(resolved.source)
+            model = from_pretrained_strict(BlipForImageTextRetrieval, resolved.source)
             tokenizer = AutoTokenizer.from_pretrained(resolved.source)
         image_size = model.config.vision_config.image_size
         composer = BlipComposer(

@@ -18,6 +18,7 @@ from transformers import BertTokenizer, BlipConfig, BlipForImageTextRetrieval
 from backbones.base import LoadOptions, register_backbone
 from backbones.blip import ENC_TOKEN, BlipComposer
 from backbones.checkpoints import directory_sha256, resolve
+from backbones.integrity import from_pretrained_strict
 from backbones.preprocess import ImagePreprocess
 from harness.suites.shapes_generator import VOCABULARY
 
@@ -79,7 +80,7 @@ class BlipTiny:
             composer = build_random(options.seed)
         else:
             source = resolve(options.checkpoint, None, "blip-tiny").source
-            model = BlipForImageTextRetrieval.from_pretrained(source)
+            model = from_pretrained_strict(BlipForImageTextRetrieval, source)
             tokenizer = BertTokenizer.from_pretrained(source)
             composer = BlipComposer(
                 "blip-tiny", model, tokenizer, ImagePreprocess(IMAGE_SIZE), source, directory_sha256(source)

@@ -1,7 +1,9 @@
 """Checkpoint resolution: a local transformers directory, or a hub id (from the
 local cache, or downloaded when online; HF_HUB_OFFLINE=1 forbids downloads).
 The format is never guessed from a file's keys: a directory is a transformers
-checkpoint; original BLIP / LAVIS / CoVR files go through named conversions."""
+checkpoint; original BLIP / LAVIS / CoVR files go through named conversions.
+A local checkpoint with recorded checksums is verified as it is resolved
+(backbones/integrity.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from backbones.integrity import file_sha256, verify_checksums
 from harness.errors import HarnessError
 
 
@@ -27,8 +30,10 @@ def resolve(checkpoint: str | None, default_hub_id: str | None, backbone: str) -
     path = Path(chosen).expanduser()
     if path.exists():
         if path.is_dir() and (path / "config.json").is_file():
+            verify_checksums(path)  # a recorded checksum that differs: tampered or damaged
             return ResolvedCheckpoint(str(path.resolve()), "directory", True)
         if path.is_file():
+            verify_checksums(path)
             return ResolvedCheckpoint(str(path.resolve()), "file", True)
         raise HarnessError(f"{path} is not a transformers checkpoint directory (no config.json)")
     if chosen.count("/") != 1 or chosen.startswith((".", "/", "~")):
@@ -81,14 +86,6 @@ def checkpoint_sha256(resolved: ResolvedCheckpoint) -> str:
 
     config = try_to_load_from_cache(resolved.source, "config.json")
     return directory_sha256(Path(config).parent) if isinstance(config, str) else f"hub:{resolved.source}"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def format_for_file(path: str, given: str | None, by_suffix: dict[str, str], backbone: str) -> str:

@@ -34,3 +34,22 @@ def _umask() -> int:
 
 def write_json(path: str | Path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def replace_atomically(path: str | Path, write) -> Path:
+    """`write(tmp)` writes a temporary sibling of path (any library's save function),
+    which is then flushed to disk and renamed over path: readers and concurrent
+    writers only ever see a complete file, the last rename winning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

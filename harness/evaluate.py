@@ -1,5 +1,7 @@
 """Scoring a split's embeddings: CIRR metrics for the composed query and both
-baselines where targets exist, the two server files where they don't (test1)."""
+baselines where targets exist, the two server files where they don't (test1).
+The embeddings are checked first (harness/validate.py): nothing is scored from
+NaN, mismatched or empty tensors."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from harness.embed import SplitEmbeddings
 from harness.metrics import build_labels, cirr_metrics, subset_scores_of
 from harness.server_files import RECALL_TOP, SUBSET_TOP, write_cirr_submissions
 from harness.suites.base import SplitData
+from harness.validate import check_embeddings
 
 # Rows of every results table: the composed query and the two single-modality baselines.
 METHODS = {
@@ -24,6 +27,7 @@ METHODS = {
 def evaluate_methods(
     data: SplitData, emb: SplitEmbeddings, convention: str, tie_rule: str
 ) -> dict[str, dict[str, float]]:
+    check_embeddings(data, emb, METHODS)
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
     return {
         method: cirr_metrics(getattr(emb, attr), emb.gallery, labels, convention, tie_rule)
@@ -34,6 +38,7 @@ def evaluate_methods(
 def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, stem: str) -> dict[str, str]:
     """Top-50 over the gallery and top-3 within the image set, reference removed;
     ties broken by gallery (or member) order."""
+    check_embeddings(data, emb, {"composed f(q,t)": "composed"})
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
     _, top = kernels.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference)
     top_recall = [[emb.gallery_ids[i] for i in row] for row in top.tolist()]

@@ -87,7 +87,7 @@ def test_damaged_or_mismatched_entries_are_recomputed(small_shapes, tmp_path):
     backbone = build_random(seed=0)
     q, g = len(data.queries), len(data.gallery)
 
-    def fake():
+    def fake(_partial=None):
         return SplitEmbeddings(list(data.gallery), torch.randn(g, 4), torch.randn(q, 4),
                                torch.randn(q, 4), torch.randn(q, 4), timings={})
 

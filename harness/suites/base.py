@@ -14,7 +14,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from harness.errors import HarnessError
+from harness.image_files import READ_ERRORS, open_rgb, unreadable
 from harness.registry import Registry
 
 
@@ -26,6 +26,10 @@ class Query:
     target: str | None  # None where the split has no targets (CIRR test1)
     target_soft: dict[str, float] = field(default_factory=dict)
     members: tuple[str, ...] = ()  # the img_set, reference included
+    # Every correct target, `target` first, where a query has several (CIRCO's
+    # gt_img_ids); empty where `target` is the only one.
+    ground_truths: tuple[str, ...] = ()
+    group: str = ""  # the sub-gallery it is ranked in (FashionIQ's category); "" = the whole gallery
 
 
 @dataclass
@@ -38,24 +42,31 @@ class SplitData:
     has_targets: bool
     layout_help: str  # where images are expected, for error messages
     provenance: dict = field(default_factory=dict)  # annotation files and hashes
+    # Sub-galleries by name (FashionIQ: category -> its split file's ids, each a part
+    # of `gallery`); a query whose `group` names one is ranked within it only.
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def image_path(self, image_id: str) -> Path:
         return self.image_paths[image_id]
 
     def load_image(self, image_id: str) -> Image.Image:
+        """The image as RGB, whatever its mode (harness/image_files.py)."""
         path = self.image_paths[image_id]
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, SyntaxError) as err:  # PIL raises SyntaxError on some corrupt files
-            raise HarnessError(
-                f"image {image_id!r} at {path} could not be read ({err}).\n{self.layout_help}"
-            ) from err
+            return open_rgb(path)
+        except READ_ERRORS as err:
+            raise unreadable(image_id, path, err, self.layout_help) from err
 
 
 class Suite(Protocol):
+    """`scoring` names the protocol that scores the suite's splits and writes its
+    server files (harness/protocols: "cirr", "fashioniq", "circo"). A suite with no
+    train split of its own (CIRCO) may define `load_training(split)`, the data a
+    run fine-tunes on instead (harness.pipeline uses it when present)."""
+
     name: str
     splits: tuple[str, ...]
+    scoring: str
 
     def load(self, split: str) -> SplitData: ...
 
