@@ -23,6 +23,7 @@ class CirrSuite:
     name = "cirr"
     splits = ("train", "val", "test1")
     default_split = "val"
+    scoring = "cirr"  # harness/protocols/cirr.py
 
     def __init__(self, data_root: Path | None = None):
         if data_root is None:

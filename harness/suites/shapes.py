@@ -47,6 +47,7 @@ class ShapesSuite:
     name = "shapes"
     splits = ("train", "val", "test1")
     default_split = "val"
+    scoring = "cirr"  # harness/protocols/cirr.py
 
     def __init__(self, data_root: Path | None = None):
         self.root = Path(data_root) if data_root is not None else default_root()
