@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoTokenizer, BlipForImageTextRetrieval, PreTrainedTokenizerBase
 
+from backbones.integrity import write_checksums
 from backbones.preprocess import ImagePreprocess
 
 ENC_TOKEN = "[ENC]"
@@ -66,6 +67,7 @@ class ComposerBase:
         (directory / "coir_preprocess.json").write_text(
             json.dumps(self.preprocessing.describe(), indent=2)
         )
+        write_checksums(directory)  # verified wherever it is loaded (backbones/integrity.py)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
@@ -136,9 +138,10 @@ class BlipComposer(ComposerBase):
 
     # -- training and saving ------------------------------------------------------
     def trainable_parameters(self, train_vision: bool) -> list[torch.nn.Parameter]:
-        """CoVR trains the text encoder and both projections; the ViT only if asked.
-        The ITM head takes no part in retrieval."""
-        modules = [self.model.text_encoder, self.model.text_proj, self.model.vision_proj]
+        """CoVR (blip_cir.py) trains the text encoder and text_proj; vision_proj stays
+        frozen (its targets are precomputed), and the ViT with vision_proj train only
+        if asked. The ITM head takes no part in retrieval."""
+        modules = [self.model.text_encoder, self.model.text_proj]
         if train_vision:
-            modules.append(self.model.vision_model)
+            modules += [self.model.vision_proj, self.model.vision_model]
         return [p for m in modules for p in m.parameters()]

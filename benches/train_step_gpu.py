@@ -95,9 +95,17 @@ def measure(args, config: dict, device: torch.device, precision: str) -> dict:
         captions = [CAPTION] * batch
         loss_fn = contrastive_loss("hn-nce", 0.07, 1.0, 0.5)
 
+        kept_tokens: dict = {}
+
         def embed(start: int, end: int):
-            with torch.no_grad():  # ViT frozen
-                tokens = backbone.image_tokens(pixels[start:end])
+            # ViT frozen: no graph, and its tokens from the cached step's first pass
+            # serve the second (as harness/train.py does)
+            tokens = kept_tokens.pop((start, end), None)
+            if tokens is None:
+                with torch.no_grad():
+                    tokens = backbone.image_tokens(pixels[start:end])
+                if not torch.is_grad_enabled():
+                    kept_tokens[(start, end)] = tokens
             query = backbone.query_embedding_from_tokens(tokens, captions[start:end]).float()
             return query, targets[start:end]
 

@@ -9,13 +9,27 @@ of each query are reweighted towards the hard ones,
 
 and symmetrically for target -> query over columns; the loss is the sum of the two
 means. alpha = 1, beta = 0 is InfoNCE (the symmetric sum of cross-entropies).
+
+`covr-compat` reproduces CoVR's released `HardNegativeNCE` (src/model/loss.py)
+exactly, including its one deviation from the definition: the query -> target
+weights are normalised with `exp(beta*S).sum(dim=1)`, a vector of row sums that
+broadcasts along the last axis, so entry [i, j] is divided by row *j*'s sum of
+negatives (sum_{k != j} exp(beta s_jk / tau)) instead of row i's. The weights of a
+row then no longer average to 1 over its negatives, and harder rows are not the
+ones reweighted. Its target -> query direction (column sums, broadcast along the
+last axis: column j divided by column j's sum) is correct. With beta = 0 both
+losses are InfoNCE. It also works in linear space (exp of logits up to 1/tau =
+14.3, fine in fp32) where `hn_nce` works in log space.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+
+LOSSES = ("hn-nce", "covr-compat")
 
 
 def hn_nce(
@@ -46,3 +60,41 @@ def _directional(logits: torch.Tensor, alpha: float, beta: float) -> torch.Tenso
     log_w = log_w.masked_fill(diagonal, math.log(alpha) if alpha > 0 else float("-inf"))
     denominator = torch.logsumexp(logits + log_w, dim=1)
     return (denominator - logits.diagonal()).mean()
+
+
+def hn_nce_covr_compat(
+    query: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float = 0.07,
+    alpha: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """CoVR's HardNegativeNCE, operation for operation (query rows, target columns)."""
+    size = query.shape[0]
+    if size < 2:
+        raise ValueError("a contrastive batch needs at least 2 pairs")
+    sim = (query.float() @ target.float().T) / temperature
+    nominator = torch.diagonal(sim)
+    exp_beta = torch.exp(beta * sim)
+    diag_beta = torch.exp(torch.diagonal(beta * sim))
+    # (B,) vectors broadcast along the last axis: [i, j] / (rowsum_j - diag_j) for q2t
+    # (CoVR's quirk), [i, j] / (colsum_j - diag_j) for t2q (as defined).
+    w_q2t = (size - 1) * exp_beta / (exp_beta.sum(dim=1) - diag_beta)
+    w_t2q = (size - 1) * exp_beta / (exp_beta.sum(dim=0) - diag_beta)
+    eye = torch.eye(size, dtype=torch.bool, device=sim.device)
+    w_q2t = w_q2t.masked_fill(eye, alpha)
+    w_t2q = w_t2q.masked_fill(eye, alpha)
+    denominator_q2t = torch.log((torch.exp(sim) * w_q2t).sum(dim=1))
+    denominator_t2q = torch.log((torch.exp(sim) * w_t2q).sum(dim=0))
+    return (denominator_q2t - nominator).mean() + (denominator_t2q - nominator).mean()
+
+
+def contrastive_loss(
+    name: str, temperature: float, alpha: float, beta: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The configured loss as a function of (query, target) embeddings."""
+    if name == "hn-nce":
+        return lambda q, t: hn_nce(q, t, temperature, alpha, beta)
+    if name == "covr-compat":
+        return lambda q, t: hn_nce_covr_compat(q, t, temperature, alpha, beta)
+    raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")

@@ -1,0 +1,34 @@
+"""Bytes that autograd keeps for backward (activations saved by the forward
+pass), measured with saved-tensor hooks: each distinct storage counted once,
+parameters excluded. Unlike the process's peak RSS on CPU, this isolates what
+the batch size (or the gradient-cache chunk) costs, on any device."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+class GraphMeter:
+    def __init__(self, model: torch.nn.Module):
+        self.param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages: dict[int, int] = {}
+        self.peak = 0
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.param_storages:
+            self.storages[key] = storage.nbytes()
+        return tensor
+
+    @contextlib.contextmanager
+    def recording(self):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+            yield
+
+    def graph_done(self) -> None:
+        """Call after a backward: that graph's saved tensors are freed."""
+        self.peak = max(self.peak, sum(self.storages.values()))
+        self.storages.clear()
