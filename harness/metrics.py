@@ -124,21 +124,63 @@ def cirr_metrics(
     """R@{1,5,10,50}, Rsubset@{1,2,3} and Avg for composed (or baseline) queries."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    greater, equal, pos_scores = kernels.target_rank_counts(
+    gallery_counts = kernels.target_rank_counts(
         query_emb, gallery_emb, labels.positives, labels.reference
     )
-    recall_labels = labels.hard if convention == "covr" else labels.soft
-    ranks = ranks_with_ties(greater, equal, pos_scores, recall_labels, tie_rule)
-    metrics = {f"R@{k}": v for k, v in recalls(ranks, recall_labels, RECALL_KS).items()}
-
     subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels)
-    greater, equal, pos_scores = kernels.reference.rank_counts_dense(
+    subset_counts = kernels.reference.rank_counts_dense(
         subset_scores, subset_valid, labels.member_positives
     )
-    ranks = ranks_with_ties(greater, equal, pos_scores, labels.soft, tie_rule)
-    metrics.update({f"Rsubset@{k}": v for k, v in recalls(ranks, labels.soft, SUBSET_KS).items()})
-    metrics["Avg"] = (metrics["R@5"] + metrics["Rsubset@1"]) / 2
-    return metrics
+    return {name: values[0] for name, values in
+            metrics_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule).items()}
+
+
+Counts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # greater, equal, positive scores
+
+
+def metrics_from_counts(
+    gallery_counts: Counts,
+    subset_counts: Counts,
+    labels: QueryLabels,
+    convention: str = "covr",
+    tie_rule: str = "pessimistic",
+) -> dict[str, list[float]]:
+    """Every CIRR metric from given rank counts, without scoring anything.
+
+    `gallery_counts` are `kernels.target_rank_counts` over the gallery (positives
+    `labels.positives`, reference excluded); `subset_counts` are `rank_counts_dense`
+    within the image set (positives `labels.member_positives`). Each is (Q, P), or
+    (W, Q, P) for W query variants at once (the weight triples of a mixing sweep).
+    Returns {metric: [value per variant]} (one value for (Q, P) counts).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    recall_labels = labels.hard if convention == "covr" else labels.soft
+    per_variant = {
+        **{f"R@{k}": v for k, v in _variant_recalls(gallery_counts, recall_labels, tie_rule, RECALL_KS).items()},
+        **{f"Rsubset@{k}": v for k, v in _variant_recalls(subset_counts, labels.soft, tie_rule, SUBSET_KS).items()},
+    }
+    per_variant["Avg"] = [(a + b) / 2 for a, b in zip(per_variant["R@5"], per_variant["Rsubset@1"])]
+    return per_variant
+
+
+def _variant_recalls(
+    counts: Counts, labels: torch.Tensor, tie_rule: str, ks: Sequence[int]
+) -> dict[int, list[float]]:
+    """`recalls` for (Q, P) counts or each of W variants in (W, Q, P) counts: the
+    variants are stacked along the query axis, so every rule is applied as it is
+    for one set of queries."""
+    greater, equal, pos_scores = counts
+    variants = greater.shape[0] if greater.ndim == 3 else 1
+    num_queries = labels.shape[0]
+    flat = [c.reshape(variants * num_queries, c.shape[-1]) for c in (greater, equal, pos_scores)]
+    stacked_labels = labels.repeat(variants, 1)
+    ranks = ranks_with_ties(*flat, stacked_labels, tie_rule)
+    out = {}
+    for k in ks:
+        values = values_at(ranks, stacked_labels, k).reshape(variants, num_queries)
+        out[k] = [100.0 * v for v in values.mean(dim=1).tolist()]
+    return out
 
 
 def subset_scores_of(
