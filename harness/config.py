@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from backbones.base import LoadOptions
 from harness.errors import HarnessError
-from harness.recipes import RECIPES, default_recipe
+from harness.losses import LOSSES
+from harness.recipes import RECIPES, SCHEDULES, default_recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _TINY = RECIPES["tiny"]
@@ -46,11 +47,25 @@ class RunConfig:
     hnnce_beta: float = _TINY["hnnce_beta"]
     train_vision: bool = _TINY["train_vision"]
     max_train_queries: int | None = None
+    # Added with the DeepSpeed / gradient-caching work. A field at its default is
+    # left out of the hash (see ADDED_FIELDS), so runs that do not use them keep
+    # the hashes they had before.
+    loss: str = "hn-nce"  # or "covr-compat": CoVR's released HN-NCE (see harness/losses.py)
+    schedule: str = "step"  # "step": warm-up then cosine per step; "epoch": cosine per epoch (CoVR)
+    deepspeed: str | None = None  # ZeRO config JSON; None: the plain torch engine
+    grad_cache_chunk: int | None = None  # per-rank chunk for gradient caching; None: off
+    checkpoint_every: int = 0  # also write the training state every N steps (0: epoch ends only)
+    resume: bool = False  # continue from the training state of this configuration
     # evaluation
     eval_batch_size: int = 256
     cache: bool = True  # reuse / store split embeddings in $COIR_BENCH_CACHE/embeddings
     convention: str = "covr"
     tie_rule: str = "pessimistic"
+    # mixed embeddings (harness/mixing.py); at these defaults left out of the hash
+    mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
+    mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
+    tune_split: str = "heldout-half"  # where mixing weights are chosen: a seeded half of the split, or a split
+    tune_max_queries: int | None = 5000  # cap on a tuning split's queries (seeded subsample)
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> RunConfig:
@@ -71,6 +86,16 @@ class RunConfig:
             values["train"] = values.get("backbone", cls.backbone) == "blip-tiny" and not values.get("checkpoint")
         if values.get("precision", "auto") not in PRECISIONS:
             raise HarnessError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if values.get("loss", "hn-nce") not in LOSSES:
+            raise HarnessError(f"--loss must be one of {', '.join(LOSSES)}")
+        if values.get("schedule", "step") not in SCHEDULES:
+            raise HarnessError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        if values.get("deepspeed") in ("none", ""):
+            values["deepspeed"] = None  # --deepspeed none: the plain engine despite the recipe
+        if values.get("mix"):
+            from harness.mixing import parse_modes
+
+            values["mix"] = parse_modes(values["mix"])
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -84,9 +109,21 @@ class RunConfig:
         return self.hash()[:8]
 
     def hash(self) -> str:
-        """Identity of what is computed: everything but where results are written."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in ("out", "threads", "cache")}
+        """Identity of what is computed: everything but where results are written and
+        how often the run checkpoints; the DeepSpeed config by its content."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        for name, default in ADDED_FIELDS.items():
+            if identity.get(name) == default:
+                del identity[name]
+        if self.deepspeed:
+            from harness.deepspeed_engine import config_sha256
+
+            identity["deepspeed"] = "sha256:" + config_sha256(self.deepspeed)  # content, not path
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume")
+# Fields added after results were published: omitted from the hash at these values.
+ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
+                "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000}

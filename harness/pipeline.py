@@ -14,17 +14,17 @@ import torch
 
 from backbones import BACKBONES
 from backbones.checkpoints import directory_sha256
-from harness import distributed, provenance
+from harness import distributed, mixing, provenance
 from harness.atomic import write_json, write_text
 from harness.config import RunConfig
 from harness.embed import embed_split
 from harness.embedding_cache import cached_embed
 from harness.errors import HarnessError
-from harness.evaluate import evaluate_methods, write_server_files
-from harness.metrics import CONVENTIONS, RECALL_KS, SUBSET_KS, TIE_RULES
+from harness.metrics import CONVENTIONS, TIE_RULES
 from harness.paths import cache_dir
 from harness.precision import resolve_device, resolve_precision
 from harness.progress import say
+from harness.protocols import PROTOCOLS
 from harness.report import result_markdown
 from harness.suites import SUITES
 from harness.suites.cirr_layout import check_images
@@ -67,11 +67,8 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     if distributed.launched_by_torchrun():
-        if config.train:
-            raise HarnessError(
-                "fine-tuning runs in one process for now; launch evaluation-only runs "
-                "(--no-train) with torchrun, or train with plain python"
-            )
+        # Fine-tuning splits each batch over the ranks and gathers the embeddings
+        # (harness/train.py); evaluation shards the split.
         device = distributed.device_for_rank(device)
         distributed.init(device)
 
@@ -79,37 +76,44 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     check_images(data, list(dict.fromkeys([*data.gallery, *(q.reference for q in data.queries)])))
     train_data = None
     if config.train:
-        train_data = suite.load(config.train_split)
+        # A suite without a train split of its own (CIRCO) says what to train on instead.
+        train_data = getattr(suite, "load_training", suite.load)(config.train_split)
         used = [i for q in train_data.queries if q.target for i in (q.reference, q.target)]
         check_images(train_data, list(dict.fromkeys(used)))
 
     seed_everything(config.seed)
     backbone = backbone_entry.load(config.load_options(), device)
+    mixing.check(config, suite, data, backbone)  # --mix: refuse what it does not cover, before any work
     out_dir = Path(config.out)
     stem = f"{config.suite}_{config.split}_{config.backbone}_{config.config_id()}"
 
     training = None
     if train_data is not None:
-        say(f"fine-tuning {config.backbone} on {config.suite}/{config.train_split} "
+        say(f"fine-tuning {config.backbone} on {train_data.suite}/{train_data.split} "
             f"({len(train_data.queries)} queries, {config.epochs} epochs, batch {config.batch_size})")
         checkpoint_dir = out_dir / "checkpoints" / stem
         result = fine_tune(backbone, train_data, config, device, precision, checkpoint_dir)
         training = result.to_dict()
+        if train_data.suite != data.suite:
+            training["trained_on"] = f"{train_data.suite}/{train_data.split}"
         backbone.checkpoint_id = str(checkpoint_dir)
         backbone.checkpoint_sha256 = directory_sha256(checkpoint_dir)
 
     say(f"embedding {config.suite}/{config.split}: {len(data.gallery)} images, {len(data.queries)} queries")
     embeddings = cached_embed(
-        lambda: embed_split(backbone, data, device, precision, config.eval_batch_size),
+        lambda partial: embed_split(backbone, data, device, precision, config.eval_batch_size, partial),
         backbone, data, precision, cache_dir() / "embeddings" if config.cache else None,
     )
     if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
         return None
+    protocol = PROTOCOLS.get(suite.scoring)  # how this suite is scored (harness/protocols)
     metrics = server_files = None
     if data.has_targets:
-        metrics = evaluate_methods(data, embeddings, config.convention, config.tie_rule)
+        metrics = protocol.evaluate(data, embeddings, config)
     else:
-        server_files = write_server_files(data, embeddings, out_dir, stem)
+        server_files = protocol.write_server_files(data, embeddings, out_dir, stem)
+    mixed = mixing.mix_step(config, suite, data, embeddings, (backbone, device, precision), out_dir, stem) \
+        if config.mix else None
 
     result = {
         "schema": 1,
@@ -124,11 +128,7 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
             "split": config.split,
             "queries": len(data.queries),
             "gallery_images": len(data.gallery),
-            "reference_removed": True,
-            "tie_rule": config.tie_rule,
-            "convention": config.convention,
-            "recall_ks": list(RECALL_KS),
-            "subset_ks": list(SUBSET_KS),
+            **protocol.describe(data, config),
         },
         "backbone": {
             "name": config.backbone,
@@ -139,6 +139,7 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
             "parameters": sum(p.numel() for p in backbone.model.parameters()),
         },
         "metrics": metrics,
+        **({"mixing": mixed} if mixed else {}),
         "server_files": server_files,
         "training": training,
         "data": data.provenance,

@@ -15,12 +15,16 @@ from tabulate import tabulate
 from harness.atomic import write_text
 from harness.metrics import RECALL_KS, SUBSET_KS
 from harness.paper import PAPER_CIRR
+from harness.protocols import PROTOCOLS, scoring_of
 from harness.provenance import describe_machine
+from harness.train_report import train_step_section, training_line, training_table
 
 COLUMNS = [f"R@{k}" for k in RECALL_KS] + [f"Rsubset@{k}" for k in SUBSET_KS] + ["Avg"]
 
 
 def metrics_table(result: dict) -> str:
+    if scoring_of(result) != "cirr":  # FashionIQ, CIRCO: their protocol lays out the table
+        return PROTOCOLS.get(scoring_of(result)).metrics_table(result)
     rows = [[method, *(m[c] for c in COLUMNS)] for method, m in result["metrics"].items()]
     protocol = result["protocol"]
     chance = 100.0 / max(1, protocol["gallery_images"] - 1)
@@ -32,17 +36,24 @@ def run_summary(result: dict) -> str:
     p, b = result["protocol"], result["backbone"]
     lines = [
         f"{p['suite']} / {p['split']}: {p['queries']} queries over {p['gallery_images']} gallery images; "
-        f"reference removed; tie rule {p['tie_rule']}; convention {p['convention']}",
+        f"reference removed; tie rule {p['tie_rule']}"
+        + (f"; convention {p['convention']}" if "convention" in p else "")
+        + (f"; captions joined as {p['caption_rule']}" if p.get("caption_rule") else "")
+        + ("; ranked within each category (" + ", ".join(f"{c} {n} images" for c, n in
+           p["category_gallery_images"].items()) + ")" if p.get("category_gallery_images") else ""),
         f"backbone {b['name']} ({b['checkpoint']}), precision {result['precision']}, seed {result['seed']}",
     ]
     training = result.get("training")
     if training:
         lines.append(
             f"fine-tuned {training['epochs']} epochs x {training['steps'] // max(1, training['epochs'])} "
-            f"steps, batch {training['batch_size']}, {training['train_queries']} queries, "
+            f"steps, batch {training['batch_size']}, {training['train_queries']} queries"
+            f"{' of ' + training['trained_on'] if training.get('trained_on') else ''}, "
             f"{training['seconds']:.0f} s ({training['samples_per_second']:.0f} samples/s), "
             f"loss per epoch {', '.join(f'{x:.3f}' for x in training['loss_curve'])}"
         )
+        if training_line(training):
+            lines.append(training_line(training))
     return "\n".join(lines)
 
 
@@ -50,6 +61,10 @@ def result_markdown(result: dict) -> str:
     parts = [run_summary(result), ""]
     if result.get("metrics"):
         parts.append(metrics_table(result))
+    if result.get("mixing"):
+        from harness.mixing_report import mixing_markdown
+
+        parts += ["", *mixing_markdown(result["mixing"])]
     if result.get("server_files"):
         parts.append("server files: " + ", ".join(result["server_files"].values()))
     return "\n".join(parts) + "\n"
@@ -67,6 +82,19 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
     for path, result in results:
         if result.get("kind") == "throughput":
             out += throughput_section(path, result)
+            continue
+        if result.get("kind") == "train_step":
+            out += train_step_section(path, result)
+            continue
+        if result.get("kind") == "scoring":
+            from harness.scoring_report import scoring_section
+
+            out += scoring_section(path, result)
+            continue
+        if result.get("kind") == "mix_timing":
+            from harness.mixing_report import mix_timing_section
+
+            out += mix_timing_section(path, result)
             continue
         p = result["protocol"]
         out += [
@@ -89,6 +117,11 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
         ]
         if result.get("metrics"):
             out += [metrics_table(result), ""]
+        if result.get("mixing"):
+            from harness.mixing_report import mixing_markdown
+
+            out += mixing_markdown(result["mixing"], path.parent)
+    out += training_table(results)
     out += [
         "## Paper numbers (CIRR test1), for comparison",
         "",

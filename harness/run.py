@@ -13,8 +13,9 @@ import sys
 from backbones import BACKBONES
 from harness.config import PRECISIONS, RunConfig
 from harness.errors import HarnessError
+from harness.losses import LOSSES
 from harness.metrics import CONVENTIONS, TIE_RULES
-from harness.recipes import RECIPES
+from harness.recipes import RECIPES, SCHEDULES
 from harness.suites import SUITES
 
 EXAMPLES = """
@@ -23,6 +24,14 @@ examples:
   python -m harness.run --backbone blip-large --suite cirr --data-root /data/CIRR
   python -m harness.run --backbone blip-base --suite cirr --data-root /data/CIRR --split test1
   python -m harness.run --backbone blip-tiny --checkpoint results/checkpoints/<run> --no-train
+  python -m harness.run --suite fashioniq                 # generated FashionIQ: trained on train, R@10/50 on val
+  python -m harness.run --suite circo                     # generated CIRCO, zero-shot after shapes training
+  python -m harness.run --mix sweep learn median max     # mixed embeddings, tuned on half of val
+  python -m harness.run --backbone blip-large --suite circo --data-root /data/CIRCO --split test --no-train
+  python -m harness.run --backbone blip-large --suite cirr --data-root /data/CIRR \\
+      --train --grad-cache-chunk 64                      # CoVR recipe, batch 1024 on one GPU
+  torchrun --standalone --nproc_per_node=8 -m harness.run --backbone blip-large --suite cirr \\
+      --data-root /data/CIRR --train                     # 8 GPUs x 128, ZeRO-2, fp16
 """
 
 
@@ -41,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--backbone", default="blip-tiny", help="model to evaluate (default blip-tiny)")
     add("--suite", default="shapes", help="dataset (default shapes, generated offline)")
-    add("--split", default="val", help="split to evaluate: val (metrics) or test1 (server files)")
+    add("--split", default="val",
+        help="split to evaluate: val (metrics) or the test split (server files: cirr test1, circo test)")
     add("--train-split", help="split to fine-tune on (default train)")
-    add("--data-root", help="dataset folder in the CIRR layout (shapes: generated if empty)")
+    add("--data-root", help="dataset folder in the suite's layout (shapes: generated if empty; "
+                            "fashioniq, circo: generated into the cache when not given)")
     add("--checkpoint",
         help="transformers directory, hub id, or original checkpoint file (default: the backbone's)")
     add("--checkpoint-format",
@@ -72,11 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
     add("--train-vision", action=argparse.BooleanOptionalAction,
         help="train the vision tower too (default: from the recipe; CoVR freezes it)")
     add("--max-train-queries", type=int, help="use only the first N training queries")
+    add("--loss", choices=list(LOSSES),
+        help="hn-nce (as defined) or covr-compat (CoVR's released loss, quirk included; default hn-nce)")
+    add("--schedule", choices=list(SCHEDULES),
+        help="cosine per step after warm-up, or per epoch as CoVR (default: from the recipe)")
+    add("--deepspeed", metavar="CONFIG",
+        help="train through DeepSpeed with this ZeRO config (configs/deepspeed/zero{1,2}.json; "
+             "default: zero2 for the covr recipe, none for tiny; 'none' forces the plain engine)")
+    add("--grad-cache-chunk", type=int, metavar="C",
+        help="gradient caching: embed each rank's batch C pairs at a time (memory of C, gradients of the batch)")
+    add("--checkpoint-every", type=int, metavar="N",
+        help="also write the resumable training state every N steps (default: at epoch ends only)")
+    add("--resume", action=argparse.BooleanOptionalAction,
+        help="continue an interrupted fine-tuning of the same configuration from its training state")
     add("--eval-batch-size", type=int)
     add("--cache", action=argparse.BooleanOptionalAction,
         help="reuse embeddings of the same weights, preprocessing and data (default on)")
     add("--convention", choices=CONVENTIONS, help="CIRR scoring convention (default covr)")
     add("--tie-rule", choices=TIE_RULES, help="how equal scores rank (default pessimistic)")
+    add("--mix", nargs="+", metavar="MODE",
+        help="mixed embeddings m = w0*q + w1*t + w2*f (harness/mixing.py), any of: sweep (simplex grid), "
+             "learn (softmax weights fitted on the tuning split), w0,w1,w2 (fixed), median, max "
+             "(element-wise); CIRR-protocol suites, single-vector backbones")
+    add("--mix-step", type=float, help="grid step of --mix sweep (default 0.05: 231 triples)")
+    add("--tune-split",
+        help="where --mix chooses weights: heldout-half (default: a seeded half of the evaluated "
+             "split; the other half is reported) or a split such as train (whole split reported)")
+    add("--tune-max-queries", type=int, help="cap on the tuning split's queries (default 5000, seeded)")
     return parser
 
 
