@@ -18,6 +18,10 @@ _TARGET_CHUNK_BYTES = 1 << 30
 # each gallery block.
 QUERY_TILE = 1024
 GALLERY_TILE = 4096
+# Weight sweeps: query rows per chunk, and the fewest triples for which settling
+# items that no triple can move (`_settled_columns`) pays for its pass.
+SWEEP_ROWS = 128
+MIN_TRIPLES_TO_SETTLE = 8
 # Elements of the (Q, G', S, T) token-pair block of max-sim scoring: 256 MB of fp32.
 MAXSIM_BLOCK_ELEMENTS = 64 << 20
 
@@ -254,8 +258,9 @@ def mixed_rank_counts(
     q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)
     g = torch.nn.functional.normalize(gallery.float(), dim=-1)
     num_queries, num_gallery = q.shape[0], g.shape[0]
-    # rows per chunk: the three score blocks (~4 MB) stay in cache while every triple reads them
-    step = chunk or max(1, min(256, (4 << 20) // (12 * max(1, num_gallery))))
+    # rows per chunk: the three score blocks stay in cache while every triple reads them,
+    # and few rows let more gallery items be settled for the whole chunk
+    step = chunk or max(1, min(SWEEP_ROWS, (4 << 20) // (12 * max(1, num_gallery))))
     shape = (weights.shape[0], num_queries, positives.shape[1])
     greater = torch.zeros(shape, dtype=torch.long, device=g.device)
     equal = torch.zeros(shape, dtype=torch.long, device=g.device)
@@ -273,10 +278,41 @@ def mixed_rank_counts(
             last = p == positives.shape[1] - 1
             differences = blocks.sub_(own[:, :, None]) if last else blocks - own[:, :, None]
             differences[:, rows[skip >= 0], skip[skip >= 0]] = float("nan")
+            settled = _settled_columns(differences, w)
+            if settled is not None:  # evaluate only the items some triple could place either way
+                keep, beaten_by = settled
+                differences = differences[:, :, keep]
             above, at_least = counting.count_mixed_above_zero(differences, w)
+            if settled is not None:
+                above += beaten_by
+                at_least += beaten_by
             pad = (pos < 0)[None, :]
             greater[:, start:stop, p] = above.masked_fill(pad, 0)
             equal[:, start:stop, p] = (at_least - above - 1).masked_fill(pad, 0)
             mixed = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
             pos_scores[:, start:stop, p] = mixed.masked_fill(pad, float("nan"))
     return greater, equal, pos_scores
+
+
+def _settled_columns(
+    differences: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Gallery items whose place no weight triple can change, for weights >= 0.
+
+    With every w_k >= 0 and some w_k > 0, an item whose three score differences to
+    the positive are all below -tiny has w . d < 0 for every triple (each term is
+    <= 0, the positive-weight term strictly below 0: tiny keeps it from
+    underflowing to 0), and one with all three above +tiny has w . d > 0. Items
+    settled so for every row of the chunk need no per-triple work. Returns (keep:
+    (G,) columns still to evaluate, beaten_by: (R,) items among the dropped ones
+    that beat the positive under every triple), or None when the weights allow no
+    such shortcut (a negative weight) or too few triples make it worth a pass.
+    """
+    positive = weights > 0
+    if weights.shape[0] < MIN_TRIPLES_TO_SETTLE or (weights < 0).any() or not positive.any(1).all():
+        return None
+    tiny = torch.finfo(torch.float32).tiny / weights[positive].min()
+    below = differences.amax(0) < -tiny  # nan (the excluded item) settles nothing
+    above = differences.amin(0) > tiny
+    keep = ~(below | above).all(0)
+    return keep, (above & ~keep).sum(1)

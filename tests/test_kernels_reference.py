@@ -106,6 +106,32 @@ def test_mixed_rank_counts_equal_direct_evaluation_of_each_triple():
         assert torch.equal(equal[i], expected_equal), i
 
 
+@pytest.mark.parametrize("kind", ["near-target", "random", "ties"])
+def test_settling_items_no_triple_can_move_changes_no_count(kind, monkeypatch):
+    """A sweep (many triples) skips items that every triple ranks the same way; its
+    counts, ties and the excluded item included, equal evaluating every item."""
+    gen = torch.Generator().manual_seed(5)
+    g = torch.nn.functional.normalize(torch.randn(400, 16, generator=gen), dim=-1)
+    positives = torch.randint(0, 400, (70, 2), generator=gen)
+    positives[::5, 1] = -1
+    exclude = (positives[:, 0] + 3) % 400
+    exclude[::4] = -1
+    if kind == "ties":  # scores in steps of 1/4: exact zeros everywhere
+        g = torch.randint(-1, 2, (400, 16), generator=gen).float()
+        parts = tuple(torch.randint(-1, 2, (70, 16), generator=gen).float() for _ in range(3))
+    elif kind == "near-target":  # parts close to the positive: most items settle
+        parts = tuple(g[positives[:, 0]] + 0.3 * torch.randn(70, 16, generator=gen) for _ in range(3))
+    else:
+        parts = tuple(torch.randn(70, 16, generator=gen) for _ in range(3))
+    grid = torch.tensor([(a / 8, b / 8, (8 - a - b) / 8) for a in range(9) for b in range(9 - a)])
+    swept = reference.mixed_rank_counts(parts, g, grid, positives, exclude, chunk=16)
+    monkeypatch.setattr(reference, "MIN_TRIPLES_TO_SETTLE", 10**9)
+    every_item = reference.mixed_rank_counts(parts, g, grid, positives, exclude, chunk=16)
+    assert torch.equal(swept[0], every_item[0]) and torch.equal(swept[1], every_item[1])
+    if kind == "ties":
+        assert swept[1].sum() > 0
+
+
 def test_mixed_rank_counts_refuse_bad_weights_and_multi_vector():
     q = torch.randn(3, 4)
     with pytest.raises(ValueError, match=r"\(W, 3\)"):
