@@ -130,15 +130,19 @@ def target_rank_counts(
         pos = positives[start:stop].to(device)
         skip = exclude[start:stop].to(device)
         own = torch.stack([(q @ g_all[pos[:, p].clamp(min=0)].T).diagonal() for p in range(pos.shape[1])], 1)
+        lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
         above = torch.zeros(pos.shape, dtype=torch.int64, device=device)
         at_least = torch.zeros_like(above)
         mismatch = torch.zeros(len(rows), dtype=torch.bool, device=device)
         for block in range(0, num_gallery, GALLERY_TILE):
             tile = q @ g_all[block : block + GALLERY_TILE].T
-            for p in range(pos.shape[1]):
-                g_, ge = counting.count_above(tile, own[:, p])
-                above[:, p] += g_
-                at_least[:, p] += ge
+            for p, live in enumerate(lives):
+                if len(live) == len(rows):
+                    g_, ge = counting.count_above(tile, own[:, p])
+                else:  # soft-target columns are mostly padding: count only real positives
+                    g_, ge = counting.count_above(tile[live], own[live, p])
+                above[live, p] += g_
+                at_least[live, p] += ge
                 inside = (pos[:, p] >= block) & (pos[:, p] < block + tile.shape[1])
                 here = tile[rows[inside], pos[inside, p] - block]
                 mismatch[rows[inside]] |= here.view(torch.int32) != own[inside, p].view(torch.int32)
@@ -274,10 +278,17 @@ def mixed_rank_counts(
         skip = exclude[start:stop].to(g.device)
         for p in range(positives.shape[1]):
             pos = positives[start:stop, p].to(g.device)
-            own = blocks[:, rows, pos.clamp(min=0)]  # (3, R)
-            last = p == positives.shape[1] - 1
-            differences = blocks.sub_(own[:, :, None]) if last else blocks - own[:, :, None]
-            differences[:, rows[skip >= 0], skip[skip >= 0]] = float("nan")
+            live = rows[pos >= 0]  # soft-target columns are mostly padding: skip those rows
+            if len(live) == 0:
+                continue
+            whole = len(live) == len(rows)
+            sub = blocks if whole else blocks[:, live]  # a copy unless whole
+            own = sub[:, torch.arange(len(live), device=g.device), pos[live]]  # (3, L)
+            in_place = not whole or p == positives.shape[1] - 1
+            differences = sub.sub_(own[:, :, None]) if in_place else sub - own[:, :, None]
+            skipped = skip[live]
+            at = torch.nonzero(skipped >= 0).squeeze(1)
+            differences[:, at, skipped[at]] = float("nan")
             settled = _settled_columns(differences, w)
             if settled is not None:  # evaluate only the items some triple could place either way
                 keep, beaten_by = settled
@@ -286,11 +297,9 @@ def mixed_rank_counts(
             if settled is not None:
                 above += beaten_by
                 at_least += beaten_by
-            pad = (pos < 0)[None, :]
-            greater[:, start:stop, p] = above.masked_fill(pad, 0)
-            equal[:, start:stop, p] = (at_least - above - 1).masked_fill(pad, 0)
-            mixed = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
-            pos_scores[:, start:stop, p] = mixed.masked_fill(pad, float("nan"))
+            greater[:, start + live, p] = above
+            equal[:, start + live, p] = at_least - above - 1  # the positive is >= itself
+            pos_scores[:, start + live, p] = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
     return greater, equal, pos_scores
 
 
