@@ -38,8 +38,9 @@ def training_table(results: list[tuple[Path, dict]]) -> list[str]:
             continue
         composed = next(iter(result["metrics"].values()))
         config = result["config"]
+        start = Path(config["checkpoint"]).name if config.get("checkpoint") else "random init"
         rows.append([
-            path.name, training["train_queries"], training["batch_size"], training.get("grad_cache_chunk") or "-",
+            path.name, start, training["train_queries"], training["batch_size"], training.get("grad_cache_chunk") or "-",
             f"{config['lr']:g}", config["warmup_steps"], training["epochs"], training["steps"],
             f"{training['loss_curve'][-1]:.3f}", training["samples_per_second"],
             training["peak_memory_bytes"] / MIB, training["peak_graph_bytes"] / MIB,
@@ -55,12 +56,13 @@ def training_table(results: list[tuple[Path, dict]]) -> list[str]:
         "(composed f(q,t)). Peak RSS is the whole process (data included) on CPU; the graph column is "
         "the largest set of activations autograd saved for one backward pass, which is what the batch "
         "size or the gradient-cache chunk bounds. samples/s depends on what else the machine was "
-        "running (see each run's section).",
+        "running (see each run's section). \"starts from\" is the checkpoint fine-tuned (a run "
+        "of this folder), or random initialisation.",
         "",
-        tabulate(rows, headers=["result", "train queries", "batch", "chunk", "lr", "warm-up", "epochs", "steps",
+        tabulate(rows, headers=["result", "starts from", "train queries", "batch", "chunk", "lr", "warm-up", "epochs", "steps",
                                 "last loss", "samples/s", "peak RSS MiB", "graph MiB", "R@1", "R@5",
                                 "R@10", "machine"],
-                 tablefmt="github", floatfmt=".2f", disable_numparse=[4]),  # lr as written
+                 tablefmt="github", floatfmt=".2f", disable_numparse=[5]),  # lr as written
         "",
     ]
 
