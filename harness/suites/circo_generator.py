@@ -24,7 +24,6 @@ distractor scenes; val and test share it, as they share COCO unlabeled2017.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -41,6 +40,7 @@ from harness.suites.shapes_generator import (
     _base_scene,
     _plan_edits,
     _replace_dir,
+    _write_json,
     apply_edit,
     caption_for,
     render_scene,
@@ -137,11 +137,6 @@ def _query(gallery: _Gallery, spec: CircoSpec, split: str, index: int) -> dict:
     if split == "test":  # CIRCO hides test targets
         return query
     return {**query, "target_img_id": ground_truths[0], "gt_img_ids": ground_truths}
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def generate(root: Path, spec: CircoSpec) -> dict:

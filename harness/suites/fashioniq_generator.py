@@ -22,7 +22,6 @@ test annotations carry no target, as in the release the benchmark reports val on
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -35,6 +34,7 @@ from harness.suites.shapes_generator import (
     _alternatives,
     _base_scene,
     _replace_dir,
+    _write_json,
     apply_edit,
     caption_for,
     render_scene,
@@ -132,11 +132,6 @@ class _SplitWriter:
         if self.split != "test":  # the release hides test targets
             entry = {"target": target_id, **entry}
         self.annotations.append(entry)
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def generate(root: Path, spec: FashionIQSpec) -> dict:

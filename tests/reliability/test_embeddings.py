@@ -28,7 +28,7 @@ def val(small_shapes):
 
 
 @pytest.fixture(scope="module")
-def test1(small_shapes):
+def test1_split(small_shapes):
     return SUITES.get("shapes")(small_shapes).load("test1")
 
 
@@ -104,11 +104,11 @@ def test_rows_do_not_match_the_split(val, fault_kind):
 
 @fault("Bad embeddings", "NaN in the composed queries of test1 (server files)",
        "error before any server file is written")
-def test_server_files_are_not_written_from_bad_embeddings(test1, tmp_path):
-    emb = good(test1)
+def test_server_files_are_not_written_from_bad_embeddings(test1_split, tmp_path):
+    emb = good(test1_split)
     emb.composed[0, 0] = float("nan")
     with pytest.raises(HarnessError, match="composed rows hold NaN"):
-        write_server_files(test1, emb, tmp_path, "run")
+        write_server_files(test1_split, emb, tmp_path, "run")
     assert not list(tmp_path.iterdir())
 
 
