@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from backbones.blip_tiny import build_random
+from harness.config import RunConfig
 from harness.suites.shapes import ensure_dataset
 from harness.suites.shapes_generator import ShapesSpec
 
@@ -28,3 +30,14 @@ def shapes_copy(small_shapes, tmp_path) -> Path:
     root = tmp_path / "shapes"
     shutil.copytree(small_shapes, root)
     return root
+
+
+@pytest.fixture
+def cached_eval_config(small_shapes, tmp_path, monkeypatch) -> RunConfig:
+    """An evaluation-only run of a random tiny checkpoint on `small_shapes`, with its
+    embedding cache in tmp_path/cache."""
+    monkeypatch.setenv("COIR_BENCH_CACHE", str(tmp_path / "cache"))
+    checkpoint = tmp_path / "tiny"
+    build_random(seed=2).save(checkpoint)
+    return RunConfig.resolve({"data_root": str(small_shapes), "checkpoint": str(checkpoint),
+                              "out": str(tmp_path / "out"), "train": False})

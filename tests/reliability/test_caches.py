@@ -12,7 +12,6 @@ import torch
 
 from backbones.blip_tiny import build_random
 from harness import embedding_cache
-from harness.config import RunConfig
 from harness.embed import SplitEmbeddings
 from harness.pipeline import run
 from harness.suites import SUITES, cirr_layout
@@ -64,12 +63,8 @@ def test_every_input_is_in_the_key(val, tmp_path):
 
 @fault("Caches", "a second run after the suite's reader version is bumped",
        "cache miss: every image encoded again")
-def test_suite_version_bump_misses(small_shapes, tmp_path, monkeypatch):
-    monkeypatch.setenv("COIR_BENCH_CACHE", str(tmp_path / "cache"))
-    checkpoint = tmp_path / "tiny"
-    build_random(seed=2).save(checkpoint)
-    config = RunConfig.resolve({"data_root": str(small_shapes), "checkpoint": str(checkpoint),
-                                "out": str(tmp_path / "out"), "train": False})
+def test_suite_version_bump_misses(cached_eval_config, monkeypatch):
+    config = cached_eval_config
     assert run(config, argv=[])["timings"]["embedding"]["cache"] == "miss"
     assert run(config, argv=[])["timings"]["embedding"]["cache"] == "hit"
     monkeypatch.setattr(cirr_layout, "READER_VERSION", cirr_layout.READER_VERSION + 1)

@@ -10,8 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backbones.blip_tiny import build_random
-from harness.config import RunConfig
 from harness.embed import SplitEmbeddings
 from harness.errors import HarnessError
 from harness.evaluate import evaluate_methods, write_server_files
@@ -28,7 +26,7 @@ def val(small_shapes):
 
 
 @pytest.fixture(scope="module")
-def test1_split(small_shapes):
+def split_test1(small_shapes):
     return SUITES.get("shapes")(small_shapes).load("test1")
 
 
@@ -104,22 +102,18 @@ def test_rows_do_not_match_the_split(val, fault_kind):
 
 @fault("Bad embeddings", "NaN in the composed queries of test1 (server files)",
        "error before any server file is written")
-def test_server_files_are_not_written_from_bad_embeddings(test1_split, tmp_path):
-    emb = good(test1_split)
+def test_server_files_are_not_written_from_bad_embeddings(split_test1, tmp_path):
+    emb = good(split_test1)
     emb.composed[0, 0] = float("nan")
     with pytest.raises(HarnessError, match="composed rows hold NaN"):
-        write_server_files(test1_split, emb, tmp_path, "run")
+        write_server_files(split_test1, emb, tmp_path, "run")
     assert not list(tmp_path.iterdir())
 
 
 @fault("Bad embeddings", "a cache entry whose stored gallery holds NaN (identity intact)",
        "the run stops before scoring, saying to rerun with --no-cache")
-def test_poisoned_cache_entry_stops_the_run(small_shapes, tmp_path, monkeypatch):
-    monkeypatch.setenv("COIR_BENCH_CACHE", str(tmp_path / "cache"))
-    checkpoint = tmp_path / "tiny"
-    build_random(seed=5).save(checkpoint)
-    config = RunConfig.resolve({"data_root": str(small_shapes), "checkpoint": str(checkpoint),
-                                "out": str(tmp_path / "out"), "train": False})
+def test_poisoned_cache_entry_stops_the_run(cached_eval_config, tmp_path):
+    config = cached_eval_config
     run(config, argv=[])
     [entry] = (tmp_path / "cache" / "embeddings").glob("shapes_val_*.safetensors")
     tensors = load_file(str(entry))
