@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -81,107 +82,134 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(args) -> dict:
+def provider_call(args, q, g, target, exclude, parts, weights):
+    """The scoring call of args.provider on this problem: a function returning the
+    Recall@K of the target, computed from that provider's own output."""
     import kernels
     from kernels import reference
 
-    device = args.device
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    tokens = args.tokens
-    q, g, target, exclude = make_problem(args.queries, args.gallery, args.dim, args.seed, device, dtype,
-                                         args.noise, tokens)
-    k = args.k
-    sweep = args.provider.endswith("sweep")
-    if sweep:  # the parts of a mixed query: q (image), t (text), f (composed) = noisy copies
-        gen = torch.Generator(device=device).manual_seed(args.seed + 1)
-        parts = tuple(torch.nn.functional.normalize(
-            q.float() + 0.5 * torch.randn(q.shape, generator=gen, device=device) / args.dim**0.5, dim=-1
-        ).to(dtype) for _ in range(3))
-        weights = sweep_weights(args.triples).to(device)
+    p, k, dtype = args.provider, args.k, q.dtype
     positives = target[:, None]
+    if p == "reference-rank":
+        return lambda: recall_from_ranks(reference.target_rank_counts(q, g, positives, exclude)[0][:, 0])
+    if p == "triton-rank":
+        return lambda: recall_from_ranks(
+            kernels.target_rank_counts(q, g, positives, exclude, impl="triton")[0][:, 0])
+    if p == "triton-topk":
+        return lambda: recall_from_topk(kernels.topk_excluding(q, g, k, exclude, impl="triton")[1], target, exclude)
+    if p == "torch-mm-topk":
+        # chunked: a 10k x 1M fp32 score matrix is 40 GB; at most 2**32 bytes of scores at once
+        rows = args.chunk or max(1, (1 << 32) // (g.shape[0] * q.element_size()))
+        return lambda: recall_from_topk(torch.cat([
+            torch.topk(q[start : start + rows] @ g.T, k + 1, dim=1).indices
+            for start in range(0, q.shape[0], rows)]), target, exclude)
+    if p == "faiss":
+        import faiss
 
-    def call():
-        p = args.provider
-        if p == "reference-rank":
-            return recall_from_ranks(reference.target_rank_counts(q, g, positives, exclude)[0][:, 0])
-        if p == "triton-rank":
-            return recall_from_ranks(kernels.target_rank_counts(q, g, positives, exclude, impl="triton")[0][:, 0])
-        if p == "triton-topk":
-            _, idx = kernels.topk_excluding(q, g, k, exclude, impl="triton")
-            return recall_from_topk(idx, target, exclude)
-        if p == "torch-mm-topk":
-            out = []
-            # chunked: a 10k x 1M fp32 score matrix is 40 GB; at most 2**32 bytes of scores at once
-            rows = args.chunk or max(1, (1 << 32) // (args.gallery * q.element_size()))
-            for start in range(0, q.shape[0], rows):
-                out.append(torch.topk(q[start : start + rows] @ g.T, k + 1, dim=1).indices)
-            return recall_from_topk(torch.cat(out), target, exclude)
-        if p == "faiss":
-            import faiss
-
-            index = faiss.IndexFlatIP(args.dim)
+        def search():
+            index = faiss.IndexFlatIP(g.shape[-1])
             index.add(g.float().cpu().numpy())
             _, idx = index.search(q.float().cpu().numpy(), k + 1)
             return recall_from_topk(torch.from_numpy(idx), target.cpu(), exclude.cpu())
-        if p in ("reference-sweep", "triton-sweep"):
-            impl = "reference" if p == "reference-sweep" else "triton"
-            greater = kernels.mixed_rank_counts(parts, g, weights, positives, exclude, impl=impl)[0]
-            return recall_from_ranks(greater[-1, :, 0])
-        if p == "recompute-sweep":
-            for w in weights:  # what a sweep costs without the three-accumulator trick
-                unit = [torch.nn.functional.normalize(x.float(), dim=-1) for x in parts]
+
+        return search
+    if p in ("reference-sweep", "triton-sweep"):
+        impl = "reference" if p == "reference-sweep" else "triton"
+        return lambda: recall_from_ranks(
+            kernels.mixed_rank_counts(parts, g, weights, positives, exclude, impl=impl)[0][-1, :, 0])
+    if p == "recompute-sweep":
+        def recompute():  # what a sweep costs without the three-accumulator trick
+            unit = [torch.nn.functional.normalize(x.float(), dim=-1) for x in parts]
+            for w in weights:
                 mixed = torch.nn.functional.normalize(w[0] * unit[0] + w[1] * unit[1] + w[2] * unit[2], dim=-1)
                 greater = kernels.target_rank_counts(mixed.to(dtype), g, positives, exclude)[0]
             return recall_from_ranks(greater[:, 0])
-        raise SystemExit(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
 
-    warmup_s = 0.0
-    if args.provider != "faiss":
-        # compile the counting loops / the kernels once, on a slice (not timed): every
-        # torch provider counts through them, the recompute baseline included
-        saved = (q, g, target, exclude, positives)
-        q, target, exclude, positives = q[:64], target[:64], exclude[:64], positives[:64]
-        if sweep:
-            full_parts = parts
-            parts = tuple(x[:64] for x in parts)
+        return recompute
+    raise SystemExit(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
+
+
+class Job:
+    """One provider on one seeded problem, ready to be timed: the data made, and for
+    every torch provider the counting loops or kernels compiled by a first call on a
+    64-query slice (not timed; the recompute baseline counts through them too)."""
+
+    def __init__(self, args):
+        self.args = args
+        device, dtype = args.device, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+        self.sweep = args.provider.endswith("sweep")
+        q, g, target, exclude = make_problem(args.queries, args.gallery, args.dim, args.seed, device, dtype,
+                                             args.noise, args.tokens)
+        parts = weights = None
+        if self.sweep:  # the parts of a mixed query: q (image), t (text), f (composed) = noisy copies
+            gen = torch.Generator(device=device).manual_seed(args.seed + 1)
+            parts = tuple(torch.nn.functional.normalize(
+                q.float() + 0.5 * torch.randn(q.shape, generator=gen, device=device) / args.dim**0.5, dim=-1
+            ).to(dtype) for _ in range(3))
+            weights = sweep_weights(args.triples).to(device)
+        self.query, self.gallery = q, g
+        self.call = provider_call(args, q, g, target, exclude, parts, weights)
+        self.warmup_seconds = 0.0
+        if args.provider != "faiss":
+            warm = provider_call(args, q[:64], g, target[:64], exclude[:64],
+                                 parts and tuple(x[:64] for x in parts), weights)
+            self.warmup_seconds, _ = self.timed(warm)
+
+    def timed(self, fn=None) -> tuple[float, dict]:
+        """(seconds, recall) of one call, the device synchronised around it."""
+        sync(self.args.device)
         start = time.perf_counter()
-        call()
-        sync(device)
-        warmup_s = time.perf_counter() - start
-        q, g, target, exclude, positives = saved
-        if sweep:
-            parts = full_parts
+        recall = (fn or self.call)()
+        sync(self.args.device)
+        return time.perf_counter() - start, recall
+
+    def describe(self, times: list[float], recall: dict) -> dict:
+        args, q, g = self.args, self.query, self.gallery
+        seconds = min(times)
+        s_tok = args.tokens if q.ndim == 3 else 1
+        t_tok = args.tokens if g.ndim == 3 else 1
+        element = q.element_size()
+        triples = args.triples if self.sweep else 1
+        output = args.queries * (triples * 16 if "rank" in args.provider or self.sweep else (args.k + 1) * 12)
+        floor = t_min(args.queries, args.gallery, args.dim, element, output, machine_key(torch.device(args.device)),
+                      s_tok, t_tok, 3 if self.sweep and args.provider != "recompute-sweep" else 1)
+        flops = floor["flops"] * (triples if args.provider == "recompute-sweep" else 1)
+        return {
+            "provider": args.provider, "device": args.device,
+            "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+            "dtype": args.dtype, "queries": args.queries, "gallery": args.gallery, "dim": args.dim,
+            "tokens": args.tokens, "k": args.k, "triples": triples, "threads": torch.get_num_threads(),
+            "seconds": seconds, "all_seconds": times, "warmup_seconds": self.warmup_seconds,
+            "queries_per_s": args.queries / seconds,
+            "effective_tflop_per_s": flops / seconds / 1e12,
+            "effective_gb_per_s": floor["bytes"] / seconds / 1e9,
+            "roofline": floor, "roofline_fraction": floor["t_min_s"] / seconds,
+            "recall": recall,
+        }
+
+
+def run(args) -> dict:
+    """args.repeat timed calls; the best is the row's time."""
+    job = Job(args)
+    measured = [job.timed() for _ in range(args.repeat)]
+    return job.describe([seconds for seconds, _ in measured], measured[-1][1])
+
+
+def serve(args) -> None:
+    """A job that stays up: one JSON line when ready, then for each line read on
+    stdin one timed call and one JSON line (its seconds and recall), until stdin
+    closes. A bench in another process then times the same call as in-process ones
+    (the pipe costs microseconds), without this process's start-up."""
+    job = Job(args)
+    print(json.dumps({"ready": True, "warmup_seconds": job.warmup_seconds}), flush=True)
     times = []
-    for _ in range(args.repeat):
-        sync(device)
-        start = time.perf_counter()
-        recall = call()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = min(times)
-    s_tok = tokens if q.ndim == 3 else 1
-    t_tok = tokens if g.ndim == 3 else 1
-    element = torch.finfo(dtype).bits // 8
-    triples = args.triples if sweep else 1
-    output = args.queries * (triples * 16 if "rank" in args.provider or sweep else (k + 1) * 12)
-    floor = t_min(args.queries, args.gallery, args.dim, element, output, machine_key(torch.device(device)),
-                  s_tok, t_tok, 3 if sweep and args.provider != "recompute-sweep" else 1)
-    flops = floor["flops"] * (triples if args.provider == "recompute-sweep" else 1)
-    return {
-        "provider": args.provider, "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
-        "dtype": args.dtype, "queries": args.queries, "gallery": args.gallery, "dim": args.dim,
-        "tokens": tokens, "k": k, "triples": triples, "threads": torch.get_num_threads(),
-        "seconds": seconds, "all_seconds": times, "warmup_seconds": warmup_s,
-        "queries_per_s": args.queries / seconds,
-        "effective_tflop_per_s": flops / seconds / 1e12,
-        "effective_gb_per_s": floor["bytes"] / seconds / 1e9,
-        "roofline": floor, "roofline_fraction": floor["t_min_s"] / seconds,
-        "recall": recall,
-    }
+    for _ in sys.stdin:
+        seconds, recall = job.timed()
+        times.append(seconds)
+        print(json.dumps(job.describe(times, recall) | {"last_seconds": seconds}), flush=True)
 
 
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benches.scoring_job", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--provider", required=True, choices=PROVIDERS)
@@ -199,9 +227,18 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", type=float, default=3.0, help="query noise: sets how hard the targets are")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--serve", action="store_true",
+                        help="stay up: one timed call per line read on stdin, one JSON line each")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     torch.set_num_threads(args.threads)
-    print(json.dumps(run(args)))
+    if args.serve:
+        serve(args)
+    else:
+        print(json.dumps(run(args)))
     return 0
 
 

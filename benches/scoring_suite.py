@@ -1,16 +1,21 @@
-"""Scoring benches that are too large for a pytest run: each measurement in its own
-process (benches/scoring_job.py), all of them in one results file.
+"""Scoring benches that are too large for a pytest run, all of them in one results file.
 
     python -m benches.scoring_suite --plan cpu --out results/reference/scoring_cpu.json
     python -m benches.scoring_suite --plan gpu --out $OUT/scoring_gpu.json   # on a GPU
 
-The results file is what BENCHMARKS.md is generated from (`python -m harness.report`).
+On the CPU each measurement runs in a process of its own (benches/scoring_job.py:
+faiss's and torch's OpenMP pools fight in one process). The GPU plan has no faiss
+and runs its jobs one after another in this process: a process start (CUDA set-up)
+per job would cost more than most of its jobs. The results file is rewritten after
+every job, so a run stopped by a time limit keeps what it measured. It is what
+BENCHMARKS.md is generated from (`python -m harness.report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -33,19 +38,19 @@ PLANS = {
         *[(f"sweep {n} triples, CIRR size", dict(provider=p, triples=n, **CIRR))
           for n in (1, 66, 231) for p in ("reference-sweep", "recompute-sweep")],
     ],
-    "gpu": [
+    "gpu": [  # cheapest first: a time limit cuts the largest problems, not the rest
         *[("CIRR size fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=20, **CIRR))
           for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
-        *[("10k x 1M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=3, queries=10_000,
-                                 gallery=1_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
-        *[("10k x 10M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=2, queries=10_000,
-                                  gallery=10_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
         *[(f"sweep {n} triples, CIRR size fp16", dict(provider=p, triples=n, dtype="fp16", device="cuda",
                                                        repeat=5, **CIRR))
           for n in (1, 66, 231) for p in ("triton-sweep", "recompute-sweep")],
         *[("BLIP-2 max-sim 32x32 tokens, CIRR size fp16",
            dict(provider=p, tokens=32, dtype="fp16", device="cuda", repeat=3, **CIRR))
           for p in ("triton-rank", "reference-rank")],
+        *[("10k x 1M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=3, queries=10_000,
+                                 gallery=1_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+        *[("10k x 10M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=2, queries=10_000,
+                                  gallery=10_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
     ],
     "smoke": [  # seconds: checks the plumbing (tests use it)
         *[("tiny", dict(provider=p, queries=50, gallery=300, dim=32)) for p in ("reference-rank", "torch-mm-topk")],
@@ -61,30 +66,45 @@ def job_command(arguments: dict) -> list[str]:
     return command
 
 
-def run_plan(plan: str, only: str | None, timeout: int) -> dict:
-    rows = []
+IN_PROCESS = {"gpu"}  # plans without faiss, whose jobs share one process
+
+
+def run_job(arguments: dict, timeout: int, in_process: bool) -> dict:
+    """One job's row (an "error" entry instead of its figures when it fails)."""
+    if in_process:
+        from benches import scoring_job
+
+        try:
+            return scoring_job.run(scoring_job.parse(job_command(arguments)[3:]))
+        except Exception as err:  # noqa: BLE001 -- a failed job is a row, the plan goes on
+            return {**arguments, "error": f"{type(err).__name__}: {err}"}
+    try:
+        done = subprocess.run(job_command(arguments), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {**arguments, "error": f"timed out after {timeout} s"}
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return {**arguments, "error": done.stderr.strip()[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_plan(plan: str, only: str | None, timeout: int, out: Path, command: str = "") -> dict:
+    result = {"kind": "scoring", "plan": plan, "command": command, "date": provenance.now(),
+              "git": provenance.git_state(),
+              "packages": provenance.package_versions(), "hardware": provenance.hardware(_device(plan)),
+              "jobs_in_process": plan in IN_PROCESS, "rows": []}
     for label, arguments in PLANS[plan]:
         if only and only not in label:
             continue
         print(f"{label}: {arguments['provider']} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        try:
-            done = subprocess.run(job_command(arguments), capture_output=True, text=True, timeout=timeout,
-                                  cwd=REPO)
-        except subprocess.TimeoutExpired:
-            rows.append({"label": label, **arguments, "error": f"timed out after {timeout} s"})
-            continue
-        if done.returncode != 0:
-            rows.append({"label": label, **arguments, "error": done.stderr.strip()[-2000:]})
-            print(done.stderr[-2000:], file=sys.stderr)
-            continue
-        row = {"label": label, **json.loads(done.stdout.strip().splitlines()[-1]),
+        row = {"label": label, **run_job(arguments, timeout, plan in IN_PROCESS),
                "process_seconds": time.perf_counter() - started}
-        print(f"  {row['seconds']:.3f} s, recall {row['recall']}", file=sys.stderr, flush=True)
-        rows.append(row)
-    return {"kind": "scoring", "plan": plan, "date": provenance.now(), "git": provenance.git_state(),
-            "packages": provenance.package_versions(), "hardware": provenance.hardware(_device(plan)),
-            "rows": rows}
+        if "error" not in row:
+            print(f"  {row['seconds']:.3f} s, recall {row['recall']}", file=sys.stderr, flush=True)
+        result["rows"].append(row)
+        write_json(out, result)  # after every job: a time limit keeps what was measured
+    return result
 
 
 def _device(plan: str):
@@ -101,8 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="run only the jobs whose label contains this")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per job")
     args = parser.parse_args(argv)
-    result = run_plan(args.plan, args.only, args.timeout)
-    write_json(Path(args.out), result)
+    command = "python -m benches.scoring_suite " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result = run_plan(args.plan, args.only, args.timeout, Path(args.out), command)
     failed = [row for row in result["rows"] if "error" in row]
     print(f"wrote {args.out}: {len(result['rows'])} jobs, {len(failed)} failed", file=sys.stderr)
     return 1 if failed else 0

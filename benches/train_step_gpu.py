@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones.blip import TRAIN_MAX_TEXT_LEN
-from harness import provenance
+from harness import distributed, provenance
 from harness.atomic import write_json
 from harness.grad_cache import cached_step, chunk_bounds, full_batch_step
 from harness.losses import contrastive_loss
@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = write_json(args.out / f"train_step_{device.type}.json", result)
     print(path)
+    distributed.finish(wait_for_all=False)  # DeepSpeed made a process group of one
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    distributed.exit_process(main())

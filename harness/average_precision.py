@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 import kernels
-from harness.metrics import ranks_with_ties
+from harness.metrics import percent, ranks_with_ties
 
 MAP_KS = (5, 10, 25, 50)
 RECALL_KS = (5, 10, 25, 50)
@@ -74,8 +74,8 @@ def map_metrics(
     greater, equal, pos_scores = kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude)
     positions = ground_truth_positions(greater, equal, pos_scores, tie_rule)
     metrics = {
-        f"mAP@{k}": 100.0 * average_precision_at(positions, counts, k).mean().item() for k in map_ks
+        f"mAP@{k}": percent(average_precision_at(positions, counts, k)).item() for k in map_ks
     }
     target = positions[:, 0] if positions.shape[1] else torch.full((len(positions),), torch.iinfo(torch.long).max)
-    metrics.update({f"R@{k}": 100.0 * (target < k).double().mean().item() for k in recall_ks})
+    metrics.update({f"R@{k}": percent(target < k).item() for k in recall_ks})
     return metrics

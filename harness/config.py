@@ -101,6 +101,18 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, recorded: dict) -> RunConfig:
+        """The config a results file records (fields added later take their defaults)."""
+        values = {k: v for k, v in recorded.items() if k in _FIELDS}
+        if "mix" in values:
+            values["mix"] = tuple(values["mix"])
+        return cls(**values)
+
+    def seedless_hash(self) -> str:
+        """`hash` with the seed set aside: the same for every seed of one recipe."""
+        return dataclasses.replace(self, seed=0).hash()
+
     def load_options(self) -> LoadOptions:
         return LoadOptions(self.checkpoint, self.checkpoint_format, self.tokenizer, self.model_config, self.seed)
 

@@ -4,10 +4,15 @@ touches torch.distributed."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+_joined = False  # this process was in a process group (torchrun, or DeepSpeed's own init)
 
 
 def launched_by_torchrun() -> bool:
@@ -31,13 +36,38 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 
 def finish(wait_for_all: bool) -> None:
-    """Leave the process group cleanly: a rank that exits with gloo's threads still
-    running aborts ("terminate called without an active exception"). Ranks other
-    than 0 finish early, so on success they wait here for rank 0's writes."""
+    """Leave the process group. Ranks other than 0 finish early, so on success they
+    wait here for rank 0's writes. The process should then end with `exit_process`."""
+    global _joined
     if dist.is_available() and dist.is_initialized():
+        _joined = True
         if wait_for_all:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code`; one that was in a process group skips Python's
+    finalization (os._exit, after flushing), as torch.multiprocessing's workers do.
+
+    Why: c10d's worker threads outlive destroy_process_group while anything still
+    references the group (DeepSpeed's engine does), and a gloo worker may still be
+    releasing a finished collective's tensors after wait() returned in Python (with
+    two worker threads, one can finish the final barrier while the other, descheduled,
+    has not yet dropped the previous collective's work). Dropping a tensor that has a
+    Python object takes the GIL; during finalization CPython ends such a thread with
+    pthread_exit, whose forced unwinding through a noexcept C++ frame calls
+    std::terminate: SIGABRT, "terminate called without an active exception", after
+    the run had written its results (seen on a loaded 2-core machine, rank 1, in
+    about one torchrun test in ten; native backtrace: ProcessGroupGloo::runLoop ->
+    TensorImpl::decref_pyobject -> PyEval_AcquireThread -> pthread_exit). Without
+    finalization no thread is unwound, and every file was written atomically already."""
+    if not _joined:
+        raise SystemExit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -4,8 +4,8 @@ redistributable; ranking time does not depend on the pixels), embedded by a tiny
 checkpoint, then the 231-triple sweep timed, written as a result file that
 BENCHMARKS.md is built from.
 
-    python -m harness.mix_timing --annotations ../shared/data/cirr \\
-        --checkpoint results/reference/checkpoints/<run> --out results/reference/mix_timing_cirr_val_cpu.json
+    python -m harness.mix_timing --checkpoint results/reference/checkpoints/<run> \\
+        --out results/reference/mix_timing_cirr_val_cpu.json
 
 Rows: "gallery ranks" = kernels.mixed_rank_counts alone (every triple's rank counts of
 every positive over the gallery); "every CIRR metric" = the whole sweep of
@@ -17,19 +17,15 @@ is reported on its own row; the others are the median and minimum of warm repeat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 import kernels
 from backbones import BACKBONES
@@ -38,20 +34,7 @@ from harness import mixing, provenance
 from harness.atomic import write_json
 from harness.embed import embed_split
 from harness.suites.cirr import CirrSuite
-
-
-def write_standin_root(annotations: Path, root: Path, split: str, size: int = 16) -> Path:
-    """The CIRR layout at root: the real captions and split files, one small PNG per
-    id of the split file (colours from the id), as tests/conftest.py makes them."""
-    for sub in ("captions", "image_splits"):
-        shutil.copytree(annotations / sub, root / sub, dirs_exist_ok=True)
-    entries = json.loads((root / "image_splits" / f"split.rc2.{split}.json").read_text())
-    for image_id, rel in entries.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(abs(hash(image_id)) % (2**32))
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, compress_level=1)
-    return root
+from harness.suites.cirr_standin import VENDORED_ANNOTATIONS, standin_root
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
@@ -69,7 +52,7 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
 
 def measure(annotations: Path, split: str, checkpoint: str | None, step: float, repeats: int,
             workdir: Path) -> dict:
-    data = CirrSuite(write_standin_root(annotations, workdir, split)).load(split)
+    data = CirrSuite(standin_root(annotations, workdir, [split])).load(split)
     backbone = BACKBONES.get("blip-tiny").load(LoadOptions(checkpoint, None, None, None, 0), torch.device("cpu"))
     start = time.perf_counter()
     emb = embed_split(backbone, data, torch.device("cpu"), "fp32", 256)
@@ -110,7 +93,8 @@ def measure(annotations: Path, split: str, checkpoint: str | None, step: float, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.mix_timing", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotations", type=Path, required=True, help="folder with captions/ and image_splits/")
+    parser.add_argument("--annotations", type=Path, default=VENDORED_ANNOTATIONS,
+                        help="folder with captions/ and image_splits/ (default: the copy in tests/data/cirr)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--checkpoint", help="a blip-tiny transformers directory (default: random weights, seed 0)")
     parser.add_argument("--step", type=float, default=0.05)

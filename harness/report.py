@@ -17,6 +17,7 @@ from harness.metrics import RECALL_KS, SUBSET_KS
 from harness.paper import PAPER_CIRR
 from harness.protocols import PROTOCOLS, scoring_of
 from harness.provenance import describe_machine
+from harness.seeds import group_by_seed, spread_markdown
 from harness.train_report import train_step_section, training_line, training_table
 
 COLUMNS = [f"R@{k}" for k in RECALL_KS] + [f"Rsubset@{k}" for k in SUBSET_KS] + ["Avg"]
@@ -79,7 +80,8 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
         "machine it came from.",
         "",
     ]
-    for path, result in results:
+    seed_groups = group_by_seed(results)
+    for index, (path, result) in enumerate(results):
         if result.get("kind") == "throughput":
             out += throughput_section(path, result)
             continue
@@ -96,6 +98,8 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
 
             out += mix_timing_section(path, result)
             continue
+        if index not in seed_groups:
+            continue  # another seed of a recipe shown with its first seed's section
         p = result["protocol"]
         out += [
             f"## {p['suite']} {p['split']}, {result['backbone']['name']}",
@@ -117,6 +121,7 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
         ]
         if result.get("metrics"):
             out += [metrics_table(result), ""]
+        out += spread_markdown(seed_groups[index])
         if result.get("mixing"):
             from harness.mixing_report import mixing_markdown
 

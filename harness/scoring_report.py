@@ -36,7 +36,8 @@ def scoring_section(path: Path, result: dict) -> list[str]:
         f"- plan `{result['plan']}` (`python -m benches.scoring_suite --plan {result['plan']}`), date "
         f"{result['date']}, commit {result['git']['commit'][:12]}, torch {result['packages'].get('torch')}",
         f"- result file: `{path.as_posix()}`",
-        "- each row its own process; time of the scoring call alone (best of the repeats); data: unit "
+        f"- {'rows one after another in one process' if result.get('jobs_in_process') else 'each row its own process'}; "
+        "time of the scoring call alone (best of the repeats); data: unit "
         "vectors, each query its target plus noise, one other item excluded per query (as CIRR's "
         "reference); roofline % = T_min / time with T_min = max(2QGD / peak, bytes / bandwidth)",
         "",

@@ -12,6 +12,24 @@ whatever was asked. `impl="triton"` on CPU tensors runs the kernels in
 Triton's interpreter when TRITON_INTERPRET=1 (tests), and is an error otherwise.
 Triton is imported lazily, on first use. The harness scores and ranks only
 through these functions.
+
+Ties and copies, the same in every implementation:
+- "equal" counts the gallery items whose score is exactly the positive's (the
+  positive itself and the excluded item never count); the metrics' tie rule
+  decides where they rank.
+- Exact duplicates (gallery rows that are bitwise identical, -0.0 read as +0.0;
+  for multi-vector items all T rows) are one item for scoring: each group is
+  scored once per query, from its first row, and every member takes that score
+  (`kernels/duplicates.py`). So a copy of a positive is always "equal", never
+  "greater" or "less", copies of any item fall on the same side of every positive,
+  and top-K lists copies in gallery order. Without this the counts would depend on
+  the machine: a matmul may give one row two different last bits at two positions
+  (BLAS blocking, SIMD lanes, tensor-core tiles), so a copy could score one ulp
+  above the positive on one CPU and tie on another.
+- Items that merely score close to a positive are compared by the fp32 bits the
+  implementation computes: where two scores differ by about one rounding error,
+  another implementation or machine may order them the other way (the tests keep
+  their problems clear of such near-ties).
 """
 
 from __future__ import annotations

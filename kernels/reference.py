@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import counting
+from kernels import counting, duplicates
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
@@ -107,12 +107,12 @@ def target_rank_counts(
 
     Single vectors are scored in (query chunk x gallery block) tiles small enough to
     be counted while they are still in cache (one fused pass: > and >= per row).
-    The positives' scores come first, from a matmul of the chunk against the
-    positives' own rows; each tile holding a positive checks that its score there is
-    the same bits, and a row where it is not (a BLAS that sums another way for
-    another shape) is recounted from one score row of its own. The positive itself
-    and the excluded item are taken out of the counts from their tile scores. Max-sim
-    features take `_target_rank_counts_rows`.
+    Each positive's score comes first, from a product of its own row; the tile
+    that holds the positive then takes out what the positive's own column counted,
+    whatever bits the tile gave it, and the same for the excluded item. Copies of a
+    gallery row (`kernels.duplicates`) all take their group's one score, so a copy
+    of a positive ties with it on any machine. Max-sim features take
+    `_target_rank_counts_rows`.
     """
     if query.ndim == 3 or gallery.ndim == 3:
         return _target_rank_counts_rows(query, gallery, positives, exclude, chunk)
@@ -122,6 +122,7 @@ def target_rank_counts(
     equal = torch.zeros(positives.shape, dtype=torch.int64, device=device)
     pos_scores = torch.full(positives.shape, float("nan"), device=device)
     q_all, g_all = query.float(), gallery.float()
+    copies = _Copies(duplicates.find(gallery), g_all)
     step = chunk or QUERY_TILE
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
@@ -129,13 +130,13 @@ def target_rank_counts(
         rows = torch.arange(stop - start, device=device)
         pos = positives[start:stop].to(device)
         skip = exclude[start:stop].to(device)
-        own = torch.stack([(q @ g_all[pos[:, p].clamp(min=0)].T).diagonal() for p in range(pos.shape[1])], 1)
+        group_scores = copies.scores(q)
+        own = torch.stack([copies.own(q, g_all, pos[:, p], group_scores) for p in range(pos.shape[1])], 1)
         lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
         above = torch.zeros(pos.shape, dtype=torch.int64, device=device)
         at_least = torch.zeros_like(above)
-        mismatch = torch.zeros(len(rows), dtype=torch.bool, device=device)
         for block in range(0, num_gallery, GALLERY_TILE):
-            tile = q @ g_all[block : block + GALLERY_TILE].T
+            tile = copies.apply(q @ g_all[block : block + GALLERY_TILE].T, block, group_scores)
             for p, live in enumerate(lives):
                 if len(live) == len(rows):
                     g_, ge = counting.count_above(tile, own[:, p])
@@ -143,24 +144,56 @@ def target_rank_counts(
                     g_, ge = counting.count_above(tile[live], own[live, p])
                 above[live, p] += g_
                 at_least[live, p] += ge
-                inside = (pos[:, p] >= block) & (pos[:, p] < block + tile.shape[1])
-                here = tile[rows[inside], pos[inside, p] - block]
-                mismatch[rows[inside]] |= here.view(torch.int32) != own[inside, p].view(torch.int32)
-            inside = (skip >= block) & (skip < block + tile.shape[1])
-            there = tile[rows[inside], skip[inside] - block][:, None]  # the excluded item's scores
-            above[inside] -= (there > own[inside]).long()
-            at_least[inside] -= (there >= own[inside]).long()
-        at_least -= 1  # the positive is >= itself
+            # the positive itself and the excluded item take no part: take out what
+            # their columns counted, from the very scores the tile gave them
+            for item in (pos, skip[:, None].expand_as(pos)):
+                at, p = torch.nonzero((item >= block) & (item < block + tile.shape[1]), as_tuple=True)
+                there = tile[at, item[at, p] - block]
+                above[at, p] -= (there > own[at, p]).long()
+                at_least[at, p] -= (there >= own[at, p]).long()
         pad = pos < 0
         greater[start:stop] = above.masked_fill(pad, 0)
         equal[start:stop] = (at_least - above).masked_fill(pad, 0)
         pos_scores[start:stop] = own.masked_fill(pad, float("nan"))
-        if mismatch.any():
-            again = rows[mismatch] + start
-            fixed = _target_rank_counts_rows(query[again], gallery, positives[again], exclude[again], None)
-            for out, part in zip((greater, equal, pos_scores), fixed):
-                out[again] = part
     return greater, equal, pos_scores
+
+
+class _Copies:
+    """The duplicate groups of a gallery, applied to score tiles: every member's
+    column takes its group's score (the group's first row against each query)."""
+
+    def __init__(self, groups: duplicates.Groups | None, gallery: torch.Tensor):
+        self.groups = groups
+        if groups is not None:
+            self.first_rows = gallery[groups.first]
+            self.members = groups.members()
+
+    def scores(self, query: torch.Tensor) -> torch.Tensor | None:
+        """(rows, R) fp32: each group's score for each query row."""
+        return None if self.groups is None else similarity(query, self.first_rows)
+
+    def own(self, query, gallery, index, group_scores) -> torch.Tensor:
+        """Scores of query row i against gallery row index[i] (-1 pad: any value)."""
+        index = index.clamp(min=0)
+        score = rowwise_similarity(query, gallery[index])
+        if self.groups is None:
+            return score
+        group = self.groups.group[index]
+        rows = torch.nonzero(group >= 0).squeeze(1)
+        score[rows] = group_scores[rows, group[rows]]
+        return score
+
+    def apply(self, tile: torch.Tensor, block: int, group_scores) -> torch.Tensor:
+        """tile (rows, C) holds gallery columns block ... block + C - 1: its members'
+        columns replaced by their group's score, in place."""
+        if self.groups is None:
+            return tile
+        low, high = torch.searchsorted(self.members, torch.tensor([block, block + tile.shape[1]],
+                                                                  device=self.members.device))
+        columns = self.members[low:high]
+        if len(columns):
+            tile[:, columns - block] = group_scores[:, self.groups.group[columns]]
+        return tile
 
 
 def _target_rank_counts_rows(
@@ -171,16 +204,17 @@ def _target_rank_counts_rows(
     chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`target_rank_counts` from whole score rows: each query chunk's rows against the
-    full gallery, the positives' scores read from those very rows (so a duplicate
-    of a positive ties with it, bit for bit)."""
+    full gallery (copies taking their group's score), the positives' scores read
+    from those very rows."""
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
+    copies = _Copies(duplicates.find(gallery), gallery)
     step = _query_chunk(num_gallery, chunk)
     greater = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
     equal = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
     pos_scores = torch.full(positives.shape, float("nan"), device=query.device)
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
-        scores = similarity(query[start:stop], gallery)
+        scores = copies.apply(similarity(query[start:stop], gallery), 0, copies.scores(query[start:stop]))
         rows = torch.arange(stop - start, device=scores.device)
         skip = exclude[start:stop].to(scores.device)
         skip_scores = scores[rows, skip.clamp(min=0)]
@@ -209,16 +243,18 @@ def topk_excluding(
     """Top-k gallery items per query, the excluded item removed.
 
     Returns (scores (Q, k), indices (Q, k)), best first. Ties are broken by gallery
-    order (lower index first), so the result is deterministic; k is capped at the
-    number of candidates.
+    order (lower index first), so the result is deterministic; copies of a row
+    score the same (`kernels.duplicates`) and so come in gallery order; k is capped
+    at the number of candidates.
     """
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     k = min(k, num_gallery - (1 if bool((exclude >= 0).any()) else 0))
+    copies = _Copies(duplicates.find(gallery), gallery)
     step = _query_chunk(num_gallery, chunk)
     values, indices = [], []
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
-        scores = similarity(query[start:stop], gallery)
+        scores = copies.apply(similarity(query[start:stop], gallery), 0, copies.scores(query[start:stop]))
         valid = _valid_mask(scores.shape, exclude[start:stop], scores.device)
         scores = scores.masked_fill(~valid, float("-inf"))
         v, i = torch.sort(scores, dim=1, descending=True, stable=True)
@@ -256,11 +292,13 @@ def mixed_rank_counts(
 
     Each item is compared through its score differences to the positive,
     w . (s_item - s_pos) against 0: the positive's own difference is exactly 0,
-    whatever the rounding of the weighted sum. The excluded item's differences
+    whatever the rounding of the weighted sum, and so is a copy's (copies take
+    their group's scores, `kernels.duplicates`). The excluded item's differences
     are nan, so it counts nowhere.
     """
     q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)
     g = torch.nn.functional.normalize(gallery.float(), dim=-1)
+    copies = _Copies(duplicates.find(gallery), g)
     num_queries, num_gallery = q.shape[0], g.shape[0]
     # rows per chunk: the three score blocks stay in cache while every triple reads them,
     # and few rows let more gallery items be settled for the whole chunk
@@ -274,7 +312,8 @@ def mixed_rank_counts(
         stop = min(start + step, num_queries)
         rows = torch.arange(stop - start, device=g.device)
         # one matmul for the three parts: (3R, D) x (D, G) -> (3, R, G)
-        blocks = (torch.cat([q[start:stop], t[start:stop], f[start:stop]]) @ g.T).view(3, len(rows), -1)
+        three = torch.cat([q[start:stop], t[start:stop], f[start:stop]])
+        blocks = copies.apply(three @ g.T, 0, copies.scores(three)).view(3, len(rows), -1)
         skip = exclude[start:stop].to(g.device)
         for p in range(positives.shape[1]):
             pos = positives[start:stop, p].to(g.device)

@@ -45,10 +45,13 @@ setting is read when the kernels are decorated, i.e. when this module is importe
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels import duplicates, reference
 
 # Read by @triton.jit at decoration time: the kernels below are interpreted
 # (run on CPU tensors) exactly when this was set before this module's import.
@@ -120,12 +123,12 @@ def _grid_split(programs: int, num_qb: int, most: int) -> int:
 
 @triton.jit
 def _score_tile(
-    q_ptr, g_ptr,
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr,
     rows, cols,
-    num_queries, num_gallery, dim,
+    num_queries, num_gallery, dim, num_copy_groups,
     stride_qm, stride_qd, stride_gn, stride_gd,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
     """(BLOCK_Q, BLOCK_G) fp32 scores q[rows] . g[cols], accumulated over D in
     BLOCK_D chunks. Both rank passes call this with the same tile origin, so a
@@ -136,7 +139,12 @@ def _score_tile(
     S_TOK rows i*S_TOK ... of q (a (Q*S_TOK, D) view), item j the T_TOK rows of g;
     the (BLOCK_Q*S_TOK, BLOCK_G*T_TOK) token-pair tile is reduced by the max over
     each query's and each item's tokens. The (Q, G, S, T) tensor of CoVR-2's
-    evaluation exists one tile at a time, in registers."""
+    evaluation exists one tile at a time, in registers.
+
+    Copies of a gallery row (HAS_COPIES, `kernels/duplicates.py`) take their
+    group's one score, copy_score (Q, num_copy_groups) fp32, in place of the tile's:
+    the tile's bits for a row depend on where the row sits in it. Reads: BLOCK_G
+    group ids per tile, and a group score only where a column is a copy."""
     q_rows = tl.min(rows, 0) * S_TOK + tl.arange(0, BLOCK_Q * S_TOK)
     g_rows = tl.min(cols, 0) * T_TOK + tl.arange(0, BLOCK_G * T_TOK)
     q_rows64 = q_rows.to(tl.int64)  # G x D can exceed 2**31 elements
@@ -158,18 +166,27 @@ def _score_tile(
     if S_TOK * T_TOK > 1:
         pairs = tl.reshape(acc, (BLOCK_Q, S_TOK, BLOCK_G, T_TOK))
         acc = tl.max(tl.max(pairs, 3), 1)
+    if HAS_COPIES:
+        group = tl.load(copy_group_ptr + cols, mask=cols < num_gallery, other=-1)
+        copy = group[None, :] >= 0
+        shared = tl.load(
+            copy_score_ptr + rows[:, None].to(tl.int64) * num_copy_groups + group[None, :],
+            mask=(rows[:, None] < num_queries) & copy,
+            other=0.0,
+        )
+        acc = tl.where(copy, shared, acc)
     return acc
 
 
 @triton.jit
 def _positive_scores_kernel(
-    q_ptr, g_ptr, pos_ptr, out_ptr,
-    num_queries, num_gallery, dim,
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, pos_ptr, out_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
     stride_qm, stride_qd, stride_gn, stride_gd,
     num_groups,
     P: tl.constexpr, P_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
     """Pass 1: scores of the positives, out (Q, P) fp32 (left as is for padding).
 
@@ -198,9 +215,9 @@ def _positive_scores_kernel(
     while gb >= 0:
         cols = gb * BLOCK_G + tl.arange(0, BLOCK_G)
         acc = _score_tile(
-            q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
-            stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK,
+            q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, rows, cols, num_queries, num_gallery, dim,
+            num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
         )
         for p in tl.static_range(P):
             pos = tl.load(pos_ptr + rows * P + p, mask=row_ok, other=-1)
@@ -214,13 +231,13 @@ def _positive_scores_kernel(
 
 @triton.jit
 def _rank_count_kernel(
-    q_ptr, g_ptr, pos_ptr, pos_score_ptr, exclude_ptr, greater_ptr, equal_ptr,
-    num_queries, num_gallery, dim,
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, pos_ptr, pos_score_ptr, exclude_ptr, greater_ptr, equal_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
     stride_qm, stride_qd, stride_gn, stride_gd,
     num_gallery_blocks, num_splits,
     P: tl.constexpr, P_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
     """Pass 2: counts (Q, P) int32, added atomically (zero-initialised).
 
@@ -241,9 +258,9 @@ def _rank_count_kernel(
     for gb in range(split, num_gallery_blocks, num_splits):
         cols = gb * BLOCK_G + tl.arange(0, BLOCK_G)
         acc = _score_tile(
-            q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
-            stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK,
+            q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, rows, cols, num_queries, num_gallery, dim,
+            num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
         )
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         for p in tl.static_range(P):
@@ -265,13 +282,14 @@ def _rank_count_kernel(
 
 @triton.jit
 def _mixed_rank_count_kernel(
-    q_ptr, t_ptr, f_ptr, g_ptr, w_ptr, pos_ptr, parts_score_ptr, exclude_ptr, counts_ptr,
-    num_queries, num_gallery, dim, num_weights,
+    q_ptr, t_ptr, f_ptr, g_ptr, copy_group_ptr, copy_score_ptr,
+    w_ptr, pos_ptr, parts_score_ptr, exclude_ptr, counts_ptr,
+    num_queries, num_gallery, dim, num_copy_groups, num_weights,
     stride_qm, stride_qd, stride_gn, stride_gd,
     num_gallery_blocks, num_splits,
     P: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
     """Rank counts of mixed queries for every weight triple, one gallery pass.
 
@@ -290,22 +308,23 @@ def _mixed_rank_count_kernel(
     row_ok = rows < num_queries
     exclude = tl.load(exclude_ptr + rows, mask=row_ok, other=-1)
     plane = num_splits * num_weights * num_queries * P  # int32 counts per kind
+    copy_part_stride = num_queries * num_copy_groups  # copy_score is (3, Q, groups): q, t, f
     for gb in range(split, num_gallery_blocks, num_splits):
         cols = gb * BLOCK_G + tl.arange(0, BLOCK_G)
         sq = _score_tile(
-            q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
-            stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1,
+            q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, rows, cols, num_queries, num_gallery, dim,
+            num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1, HAS_COPIES,
         )
         st = _score_tile(
-            t_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
-            stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1,
+            t_ptr, g_ptr, copy_group_ptr, copy_score_ptr + copy_part_stride, rows, cols, num_queries, num_gallery, dim,
+            num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1, HAS_COPIES,
         )
         sf = _score_tile(
-            f_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
-            stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1,
+            f_ptr, g_ptr, copy_group_ptr, copy_score_ptr + 2 * copy_part_stride, rows, cols, num_queries, num_gallery, dim,
+            num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, 1, 1, HAS_COPIES,
         )
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         for p in tl.static_range(P):
@@ -343,13 +362,13 @@ def _score_keys(scores, cols):
 
 @triton.jit
 def _topk_kernel(
-    q_ptr, g_ptr, exclude_ptr, out_ptr,
-    num_queries, num_gallery, dim,
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, exclude_ptr, out_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
     stride_qm, stride_qd, stride_gn, stride_gd,
     num_gallery_blocks, num_splits,
     K_PAD: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
     """Per (query block, gallery split): the K_PAD best keys per query, unsorted,
     to out (Q, num_splits, K_PAD) int64 (distinct sentinels below _KEY_NONE + K_PAD
@@ -374,9 +393,9 @@ def _topk_kernel(
     for gb in range(split, num_gallery_blocks, num_splits):
         cols = gb * BLOCK_G + tl.arange(0, BLOCK_G)
         acc = _score_tile(
-            q_ptr, g_ptr, rows, cols, num_queries, num_gallery, dim,
-            stride_qm, stride_qd, stride_gn, stride_gd,
-            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK,
+            q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, rows, cols, num_queries, num_gallery, dim,
+            num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+            BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
         )
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         keys = tl.where(valid, _score_keys(acc, cols), _KEY_NONE)
@@ -435,6 +454,31 @@ def _operands(query: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor,
     return q.float(), g.float(), "ieee", s_tok, t_tok
 
 
+class _CopyScores(NamedTuple):
+    """What the kernels need of a gallery's duplicate groups: each row's group
+    (int64, -1 for none), each group's score per query ((parts,) Q, groups fp32), the
+    number of groups, and whether there are any (HAS_COPIES; else placeholders)."""
+
+    group: torch.Tensor
+    scores: torch.Tensor
+    count: int
+    present: bool
+
+
+def _copies(scored: torch.Tensor, found_in: torch.Tensor, queries: tuple[torch.Tensor, ...]) -> _CopyScores:
+    """Duplicate groups of `found_in` (the gallery as given); their scores are those
+    of `scored` (the gallery as scored, e.g. normalised) against each of `queries`,
+    one block per query tensor when there are several."""
+    groups = duplicates.find(found_in)
+    if groups is None:
+        placeholder = torch.zeros(len(queries), 1, device=scored.device).squeeze(0)
+        return _CopyScores(placeholder[..., 0].long(), placeholder, 0, False)
+    first = scored[groups.first]
+    scores = torch.stack([reference.similarity(x, first) for x in queries])
+    return _CopyScores(groups.group.contiguous(), scores.squeeze(0) if len(queries) == 1 else scores,
+                       len(groups.first), True)
+
+
 def supports_tokens(count: int) -> bool:
     return 1 <= count <= MAX_TOKENS and count & (count - 1) == 0
 
@@ -474,16 +518,18 @@ def target_rank_counts(
     strides = (q.stride(0), q.stride(1), g.stride(0), g.stride(1))
     # Same tiles, same warps in both passes: pass 1's scores are pass 2's bits.
     groups = _grid_split(programs, num_qb, num_gb)
+    copies = _copies(gallery, gallery, (query,))
     _positive_scores_kernel[(num_qb, groups)](
-        q, g, positives, pos_scores, num_queries, num_gallery, dim, *strides, groups,
-        P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok,
+        q, g, copies.group, copies.scores, positives, pos_scores, num_queries, num_gallery, dim,
+        copies.count, *strides, groups,
+        P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok, HAS_COPIES=copies.present,
         num_warps=warps, **meta,
     )
     splits = _grid_split(programs, num_qb, num_gb)
     _rank_count_kernel[(num_qb, splits)](
-        q, g, positives, pos_scores, exclude, greater, equal,
-        num_queries, num_gallery, dim, *strides, num_gb, splits,
-        P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok,
+        q, g, copies.group, copies.scores, positives, pos_scores, exclude, greater, equal,
+        num_queries, num_gallery, dim, copies.count, *strides, num_gb, splits,
+        P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok, HAS_COPIES=copies.present,
         num_warps=warps, **meta,
     )
     return greater.long(), equal.long(), pos_scores
@@ -529,18 +575,20 @@ def mixed_rank_counts(
     strides = (q.stride(0), q.stride(1), g.stride(0), g.stride(1))
     groups = _grid_split(programs, num_qb, num_gb)
     part_scores = torch.full((3, num_queries, num_pos), float("nan"), dtype=torch.float32, device=device)
+    copies = _copies(normalised[3], gallery, normalised[:3])
     for i, part in enumerate((q, t, f)):  # the tiles pass 2 computes, bit for bit
         _positive_scores_kernel[(num_qb, groups)](
-            part, g, positives, part_scores[i], num_queries, num_gallery, dim, *strides, groups,
-            P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=1, T_TOK=1,
+            part, g, copies.group, copies.scores[i], positives, part_scores[i], num_queries, num_gallery, dim,
+            copies.count, *strides, groups,
+            P=num_pos, P_PAD=p_pad, PRECISION=precision, S_TOK=1, T_TOK=1, HAS_COPIES=copies.present,
             num_warps=warps, **meta,
         )
     splits = _grid_split(programs, num_qb, num_gb)
     counts = torch.zeros((2, splits, *shape), dtype=torch.int32, device=device)
     _mixed_rank_count_kernel[(num_qb, splits)](
-        q, t, f, g, weights, positives, part_scores, exclude, counts,
-        num_queries, num_gallery, dim, num_weights, *strides, num_gb, splits,
-        P=num_pos, PRECISION=precision, num_warps=warps, **meta,
+        q, t, f, g, copies.group, copies.scores, weights, positives, part_scores, exclude, counts,
+        num_queries, num_gallery, dim, copies.count, num_weights, *strides, num_gb, splits,
+        P=num_pos, PRECISION=precision, HAS_COPIES=copies.present, num_warps=warps, **meta,
     )
     greater, at_least = counts.sum(dim=1, dtype=torch.int64)
     pad = (positives < 0)[None]
@@ -581,10 +629,12 @@ def topk_excluding(
     num_gb = triton.cdiv(num_gallery, meta["BLOCK_G"])
     splits = _grid_split(programs, num_qb, num_gb)
     keys = torch.empty((num_queries, splits, k_pad), dtype=torch.int64, device=device)
+    copies = _copies(gallery, gallery, (query,))
     _topk_kernel[(num_qb, splits)](
-        q, g, exclude, keys, num_queries, num_gallery, dim,
+        q, g, copies.group, copies.scores, exclude, keys, num_queries, num_gallery, dim, copies.count,
         q.stride(0), q.stride(1), g.stride(0), g.stride(1), num_gb, splits,
-        K_PAD=k_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok, num_warps=warps, **meta,
+        K_PAD=k_pad, PRECISION=precision, S_TOK=s_tok, T_TOK=t_tok, HAS_COPIES=copies.present,
+        num_warps=warps, **meta,
     )
     # Merge: keys are unique (they hold the index), so top-k has no ties to break;
     # there are at least k real keys, so no sentinel is picked.

@@ -1,7 +1,8 @@
-"""The cirr suite on the real annotations (shared/data/cirr) with stand-in images."""
+"""The cirr suite on the real annotations (vendored in tests/data/cirr) with stand-in images."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -11,7 +12,23 @@ from harness.errors import HarnessError
 from harness.pipeline import run
 from harness.suites import SUITES
 from harness.suites.cirr_layout import check_images
-from tests.conftest import CIRR_ANNOTATIONS
+from tests.conftest import CIRR_ANNOTATIONS, REPO
+
+
+def test_vendored_annotations_are_the_release_files():
+    """tests/data/cirr holds the files its SHA256SUMS names, unchanged; where
+    ../shared is beside the clone, its copies are the same bytes."""
+    listed = [line.split(None, 1) for line in (CIRR_ANNOTATIONS / "SHA256SUMS").read_text().splitlines()]
+    assert {name for _, name in listed} == {
+        "captions/cap.rc2.val.json", "captions/cap.rc2.test1.json", "image_splits/split.rc2.val.json",
+        "image_splits/split.rc2.test1.json", "server_examples/test1_pred_ranks_recall_subset.json"}
+    shared = REPO.parent / "shared" / "data" / "cirr"
+    for digest, name in listed:
+        data = (CIRR_ANNOTATIONS / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest, name
+        if (shared / name).is_file():
+            assert (shared / name).read_bytes() == data, name
+    assert "MIT License" in (CIRR_ANNOTATIONS / "LICENSE").read_text()
 
 
 def test_real_annotations_load_with_the_official_counts(cirr_root):
@@ -71,7 +88,8 @@ def test_blip_tiny_evaluates_cirr_val_and_writes_test1_server_files(cirr_root, t
 
     test1 = run(RunConfig.resolve({"split": "test1", **common}), argv=["--suite", "cirr", "--split", "test1"])
     assert test1["metrics"] is None
-    example = json.loads((CIRR_ANNOTATIONS / "server_examples" / "test1_pred_ranks_recall.json").read_text())
+    # the official example submission: every test1 pair id (both metrics' files hold the same ids)
+    example = json.loads((CIRR_ANNOTATIONS / "server_examples" / "test1_pred_ranks_recall_subset.json").read_text())
     for metric, top in (("recall", 50), ("recall_subset", 3)):
         ours = json.loads(open(test1["server_files"][metric]).read())
         assert ours["version"] == "rc2" and ours["metric"] == metric

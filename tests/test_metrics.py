@@ -148,3 +148,27 @@ def test_labels_padding_shapes():
     labels: QueryLabels = build_labels([query], index)
     assert labels.positives.tolist() == [[1, 2, 6]]
     assert labels.member_positives.tolist() == [[1, 2, -1]]  # g6 is not a member
+
+
+def test_percentages_are_exact_in_float64():
+    """76 hits of 600 queries is 7600 / 600 = 12.666666666666666, not float32's
+    12.666666507720947; the sweep's per-variant recalls and mAP use the same sums."""
+    from harness.average_precision import map_metrics
+    from harness.metrics import metrics_from_counts
+
+    hit = torch.zeros(600, 1, dtype=torch.long).masked_fill(torch.arange(600)[:, None] >= 76, 100)
+    labels = torch.ones(600, 1)
+    assert recalls(hit, labels, [1])[1] == 12.666666666666666 == 7600 / 600
+    query, index = one_query([0.0] * 7, 0, 1)
+    many = build_labels([query] * 600, index)
+    counts = (hit, torch.zeros_like(hit), torch.zeros(600, 1))
+    both = tuple(torch.stack([c, c]) for c in counts)  # two variants of a sweep
+    assert metrics_from_counts(both, both, many)["R@1"] == [7600 / 600, 7600 / 600]
+    # mAP@K and R@K of CIRCO's protocol: queries 0..75 find their target first
+    q = torch.zeros(600, 8)
+    q[:, 0] = 1.0  # every query scores gallery item 0 highest
+    g = torch.eye(8)
+    target = torch.where(torch.arange(600) < 76, 0, 7)[:, None]
+    metrics = map_metrics(q, g, target, torch.ones(600, dtype=torch.long), torch.full((600,), -1),
+                          map_ks=[1], recall_ks=[1])
+    assert metrics["R@1"] == 7600 / 600 and metrics["mAP@1"] == 7600 / 600
