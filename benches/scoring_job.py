@@ -47,8 +47,13 @@ def make_problem(queries: int, gallery: int, dim: int, seed: int, device: str, d
     return torch.nn.functional.normalize(q, dim=-1).to(dtype), g, target, exclude
 
 
+def percent(hits: torch.Tensor) -> float:
+    """100 x hits / queries from the exact count, in float64 (as harness.evaluation.metrics)."""
+    return 100.0 * int(hits.sum()) / hits.numel()
+
+
 def recall_from_ranks(greater: torch.Tensor) -> dict:
-    return {f"R@{k}": 100.0 * (greater < k).float().mean().item() for k in KS}
+    return {f"R@{k}": percent(greater < k) for k in KS}
 
 
 def recall_from_topk(indices: torch.Tensor, target: torch.Tensor, exclude: torch.Tensor) -> dict:
@@ -59,7 +64,7 @@ def recall_from_topk(indices: torch.Tensor, target: torch.Tensor, exclude: torch
     order = keep.long().cumsum(1) - 1  # position among the kept
     hit = (ranked == target[:, None]) & keep
     position = torch.where(hit.any(1), (order * hit).sum(1), position)
-    return {f"R@{k}": 100.0 * (position < k).float().mean().item() for k in KS}
+    return {f"R@{k}": percent(position < k) for k in KS}
 
 
 def simplex(step_count: int) -> torch.Tensor:
