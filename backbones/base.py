@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 
 class Backbone(Protocol):

@@ -50,6 +50,7 @@ from transformers import (
 from backbones.base import LoadOptions, register_backbone
 from backbones.blip import ComposerBase, bert_tokenizer_with_dec
 from backbones.blip_tiny import tiny_tokenizer
+from backbones.checkpoint_files import read_weights_only
 from backbones.checkpoints import (
     DEFAULT_TOKENIZER,
     checkpoint_sha256,
@@ -57,11 +58,10 @@ from backbones.checkpoints import (
     preflight_problems,
     resolve,
 )
-from backbones.convert import read_weights_only
 from backbones.convert_blip2 import lavis_blip2_to_transformers, lavis_coco_config
 from backbones.integrity import from_pretrained_strict
 from backbones.preprocess import ImagePreprocess
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 EVAL_MAX_TEXT_LEN = 64  # CoVR-2 evaluates with max_length 64 (trains with max_txt_len 32)
 Composed = Literal["query_tokens", "text_cls"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer, BlipConfig, BlipForImageTextRetrieval
 
-from backbones import convert
+from backbones import checkpoint_files, convert
 from backbones.base import LoadOptions, register_backbone
 from backbones.blip import BlipComposer, bert_tokenizer_with_dec
 from backbones.blip_configs import blip_config
@@ -41,7 +41,7 @@ class PretrainedBlip:
     @classmethod
     def check(cls, options: LoadOptions) -> list[str]:
         def check_file_format(path: str) -> None:
-            convert.check_format(format_for_file(path, options.checkpoint_format, FILE_KINDS, cls.name))
+            checkpoint_files.check_format(format_for_file(path, options.checkpoint_format, FILE_KINDS, cls.name))
 
         return preflight_problems(options, cls.default_checkpoint, cls.name, check_file_format)
 

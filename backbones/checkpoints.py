@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backbones.integrity import file_sha256, verify_checksums
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 @dataclass(frozen=True)

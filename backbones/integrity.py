@@ -22,8 +22,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from harness.atomic import write_text
-from harness.errors import HarnessError
+from harness.core.atomic import write_text
+from harness.core.errors import HarnessError
 
 CHECKSUMS = "checksums.sha256"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")

@@ -9,7 +9,7 @@ run this, then commit results/reference/ and BENCHMARKS.md. A fresh clone can ru
 it as it is: runs that start from the default run's checkpoint come after it, and
 the CIRR timing reads the annotations vendored in tests/data/cirr.
 tests/test_reference_results.py checks that every file there was made by one of
-these commands and that BENCHMARKS.md is what `harness.report` writes from them.
+these commands and that BENCHMARKS.md is what `python -m harness.report` writes from them.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import provenance
-from harness.atomic import write_json
+from harness.core import provenance
+from harness.core.atomic import write_json
 
 CIRR = dict(queries=4181, gallery=2297)
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ samples/s and peak memory of a plain batch against a gradient-cached batch of 10
 Random weights, pixels and captions (speed and memory do not depend on them).
 The step is CoVR's recipe as the harness runs it: ViT and vision_proj frozen (the
 reference image's ViT pass runs without a graph; target embeddings come from the
-cache, as harness/train.py precomputes them), text encoder and text_proj trained
+cache, as harness/training/loop.py precomputes them), text encoder and text_proj trained
 with HN-NCE, AdamW handed to DeepSpeed. A configuration is `plain:B` (one graph
 over B pairs) or `cached:B:C` (gradient caching, chunks of C). Each runs a fresh
 model and engine: one warm-up step, then --steps timed steps.
@@ -34,13 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from backbones.blip import TRAIN_MAX_TEXT_LEN
-from harness import distributed, provenance
-from harness.atomic import write_json
-from harness.grad_cache import cached_step, chunk_bounds, full_batch_step
-from harness.losses import contrastive_loss
-from harness.precision import resolve_device, resolve_precision
+from harness.core import distributed, provenance
+from harness.core.atomic import write_json
+from harness.core.precision import resolve_device, resolve_precision
 from harness.throughput import CAPTION
-from harness.train import peak_memory_bytes
+from harness.training.grad_cache import cached_step, chunk_bounds, full_batch_step
+from harness.training.loop import peak_memory_bytes
+from harness.training.losses import contrastive_loss
+from harness.training.pairs import frozen_tokens
 
 DEFAULT_CONFIGS = ["plain:128", "plain:256", "plain:1024", "cached:1024:128", "cached:1024:64"]
 
@@ -67,75 +68,79 @@ def build_backbone(name: str, device: torch.device):
         return build(name)
 
 
-def measure(args, config: dict, device: torch.device, precision: str) -> dict:
-    from harness.deepspeed_engine import DeepSpeedEngine
+def prepare(args, config: dict, device: torch.device, precision: str):
+    """(backbone, engine, step): a fresh model and DeepSpeed engine for one
+    configuration, and one training step on random pixels, captions and targets."""
+    from harness.training.deepspeed_engine import DeepSpeedEngine
 
-    row = {**config, "precision": precision, "zero_stage": None, "samples_per_second": None,
-           "peak_memory_bytes": None, "seconds_per_step": None, "status": "ok"}
     batch, chunk = config["batch_size"], config["grad_cache_chunk"]
     bounds = chunk_bounds(batch, chunk)
+    backbone = build_backbone(args.backbone, device)
+    backbone.model.train()
+    backbone.max_text_len = TRAIN_MAX_TEXT_LEN
+    trainable = backbone.trainable_parameters(False)
+    ids = {id(p) for p in trainable}
+    for p in backbone.model.parameters():
+        p.requires_grad_(id(p) in ids)
+    engine = DeepSpeedEngine(backbone.model, trainable, args.zero, precision, lr=1e-4, weight_decay=0.05,
+                             grad_clip=0.0, micro_batch=bounds[0][1] - bounds[0][0],
+                             micro_steps=len(bounds), device=device)
+    size = backbone.image_size
+    pixels = backbone.normalize(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8))
+    pixels = pixels.to(device, engine.param_dtype)
+    targets = F.normalize(torch.randn(batch, backbone.embed_dim, device=device), dim=-1)
+    captions = [CAPTION] * batch
+    loss_fn = contrastive_loss("hn-nce", 0.07, 1.0, 0.5)
+    kept_tokens: dict = {}
+
+    def embed(start: int, end: int):
+        # ViT frozen: no graph, its tokens kept between the cached step's passes (as training does)
+        tokens = frozen_tokens(backbone, pixels[start:end], kept_tokens, (start, end))
+        return backbone.query_embedding_from_tokens(tokens, captions[start:end]).float(), targets[start:end]
+
+    def step():
+        if len(bounds) > 1:
+            cached_step(batch, embed, loss_fn, engine.backward, chunk, device)
+        else:
+            full_batch_step(batch, embed, loss_fn, engine.backward)
+        engine.step()
+
+    return backbone, engine, step
+
+
+def seconds_per_step(step, steps: int, device: torch.device) -> float:
+    """One warm-up step (optimizer state, allocator, kernel selection), then `steps` timed."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(args, config: dict, device: torch.device, precision: str) -> dict:
+    row = {**config, "precision": precision, "zero_stage": None, "samples_per_second": None,
+           "peak_memory_bytes": None, "seconds_per_step": None, "status": "ok"}
     torch.manual_seed(0)
     backbone = engine = None
     try:
-        backbone = build_backbone(args.backbone, device)
-        backbone.model.train()
-        backbone.max_text_len = TRAIN_MAX_TEXT_LEN
-        trainable = backbone.trainable_parameters(False)
-        ids = {id(p) for p in trainable}
-        for p in backbone.model.parameters():
-            p.requires_grad_(id(p) in ids)
-        engine = DeepSpeedEngine(backbone.model, trainable, args.zero, precision, lr=1e-4, weight_decay=0.05,
-                                 grad_clip=0.0, micro_batch=bounds[0][1] - bounds[0][0],
-                                 micro_steps=len(bounds), device=device)
+        backbone, engine, step = prepare(args, config, device, precision)
         row["zero_stage"] = engine.engine.zero_optimization_stage()
-        size = backbone.image_size
-        pixels = backbone.normalize(torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8))
-        pixels = pixels.to(device, engine.param_dtype)
-        targets = F.normalize(torch.randn(batch, backbone.embed_dim, device=device), dim=-1)
-        captions = [CAPTION] * batch
-        loss_fn = contrastive_loss("hn-nce", 0.07, 1.0, 0.5)
-
-        kept_tokens: dict = {}
-
-        def embed(start: int, end: int):
-            # ViT frozen: no graph, and its tokens from the cached step's first pass
-            # serve the second (as harness/train.py does)
-            tokens = kept_tokens.pop((start, end), None)
-            if tokens is None:
-                with torch.no_grad():
-                    tokens = backbone.image_tokens(pixels[start:end])
-                if not torch.is_grad_enabled():
-                    kept_tokens[(start, end)] = tokens
-            query = backbone.query_embedding_from_tokens(tokens, captions[start:end]).float()
-            return query, targets[start:end]
-
-        def step():
-            if len(bounds) > 1:
-                cached_step(batch, embed, loss_fn, engine.backward, chunk, device)
-            else:
-                full_batch_step(batch, embed, loss_fn, engine.backward)
-            engine.step()
-
-        def sync():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step()  # warm-up: optimizer state, allocator, kernel selection
-        sync()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        sync()
-        seconds = (time.perf_counter() - start) / args.steps
-        row.update(samples_per_second=batch / seconds, seconds_per_step=seconds,
+        seconds = seconds_per_step(step, args.steps, device)
+        row.update(samples_per_second=config["batch_size"] / seconds, seconds_per_step=seconds,
                    peak_memory_bytes=peak_memory_bytes(device))
     except torch.OutOfMemoryError:
         row.update(status="out of memory",
                    peak_memory_bytes=int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None)
     finally:
-        engine = backbone = None  # noqa: F841  (drop the references before freeing memory)
+        engine = backbone = step = None  # noqa: F841  (drop the references before freeing memory)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

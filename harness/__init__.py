@@ -1,1 +1,21 @@
-"""coir-bench harness: suites, metrics, fine-tuning, results and reports."""
+"""coir-bench's harness, in rooms that follow the data:
+
+    suites (annotations, images) --> evaluation (embed, cache, score) --> reports
+         `--> training (fine-tune) --^        `--> mixing (m = w0 q + w1 t + w2 f)
+
+- core/        errors, atomic writes, paths, progress, registry, precision, processes,
+               provenance: imports no other harness package;
+- suites/      datasets (CIRR, shapes, FashionIQ, CIRCO), their generators and scenes,
+               image files: core only;
+- evaluation/  embedding and its cache, validation, scoring protocols, metrics, server
+               files, the papers' numbers: core, suites, kernels, backbones;
+- training/    the fine-tuning loop, settings, engines, gathered negatives, gradient
+               caching, losses, recipes, resumable state: core, suites, backbones;
+- mixing/      the mixed-embedding extension: core, suites, evaluation, kernels,
+               training.losses;
+- reports/     tables from result files only: core, evaluation, config.
+Beside them: run.py (the CLI), config.py (RunConfig and the settings each stage gets),
+pipeline.py (one run, stage by stage), report.py, throughput.py and mix_timing.py
+(entry points). `kernels` imports nothing of the harness, `backbones` only harness.core;
+tests/test_structure.py checks all of it.
+"""

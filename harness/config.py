@@ -9,9 +9,12 @@ import json
 from dataclasses import dataclass
 
 from backbones.base import LoadOptions
-from harness.errors import HarnessError
-from harness.losses import LOSSES
-from harness.recipes import RECIPES, SCHEDULES, default_recipe
+from harness.core.errors import HarnessError
+from harness.evaluation.protocols.base import ScoringRules
+from harness.mixing.modes import MixSettings, parse_modes
+from harness.training.losses import LOSSES
+from harness.training.recipes import RECIPES, SCHEDULES, default_recipe
+from harness.training.settings import TrainSettings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _TINY = RECIPES["tiny"]
@@ -50,7 +53,7 @@ class RunConfig:
     # Added with the DeepSpeed / gradient-caching work. A field at its default is
     # left out of the hash (see ADDED_FIELDS), so runs that do not use them keep
     # the hashes they had before.
-    loss: str = "hn-nce"  # or "covr-compat": CoVR's released HN-NCE (see harness/losses.py)
+    loss: str = "hn-nce"  # or "covr-compat": CoVR's released HN-NCE (see harness/training/losses.py)
     schedule: str = "step"  # "step": warm-up then cosine per step; "epoch": cosine per epoch (CoVR)
     deepspeed: str | None = None  # ZeRO config JSON; None: the plain torch engine
     grad_cache_chunk: int | None = None  # per-rank chunk for gradient caching; None: off
@@ -61,7 +64,7 @@ class RunConfig:
     cache: bool = True  # reuse / store split embeddings in $COIR_BENCH_CACHE/embeddings
     convention: str = "covr"
     tie_rule: str = "pessimistic"
-    # mixed embeddings (harness/mixing.py); at these defaults left out of the hash
+    # mixed embeddings (harness/mixing/core.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
     mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
     tune_split: str = "heldout-half"  # where mixing weights are chosen: a seeded half of the split, or a split
@@ -93,8 +96,6 @@ class RunConfig:
         if values.get("deepspeed") in ("none", ""):
             values["deepspeed"] = None  # --deepspeed none: the plain engine despite the recipe
         if values.get("mix"):
-            from harness.mixing import parse_modes
-
             values["mix"] = parse_modes(values["mix"])
         return cls(**values)
 
@@ -108,6 +109,19 @@ class RunConfig:
         if "mix" in values:
             values["mix"] = tuple(values["mix"])
         return cls(**values)
+
+    def training(self) -> TrainSettings:
+        return TrainSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainSettings)})
+
+    def mixing(self) -> MixSettings:
+        return MixSettings(modes=self.mix, step=self.mix_step, tune_split=self.tune_split,
+                           tune_max_queries=self.tune_max_queries, seed=self.seed, convention=self.convention,
+                           tie_rule=self.tie_rule, loss=self.loss, temperature=self.temperature,
+                           hnnce_alpha=self.hnnce_alpha, hnnce_beta=self.hnnce_beta, suite=self.suite,
+                           split=self.split, backbone=self.backbone)
+
+    def scoring_rules(self) -> ScoringRules:
+        return ScoringRules(convention=self.convention, tie_rule=self.tie_rule)
 
     def seedless_hash(self) -> str:
         """`hash` with the seed set aside: the same for every seed of one recipe."""
@@ -128,7 +142,7 @@ class RunConfig:
             if identity.get(name) == default:
                 del identity[name]
         if self.deepspeed:
-            from harness.deepspeed_engine import config_sha256
+            from harness.training.deepspeed_engine import config_sha256
 
             identity["deepspeed"] = "sha256:" + config_sha256(self.deepspeed)  # content, not path
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

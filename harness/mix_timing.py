@@ -9,7 +9,7 @@ BENCHMARKS.md is built from.
 
 Rows: "gallery ranks" = kernels.mixed_rank_counts alone (every triple's rank counts of
 every positive over the gallery); "every CIRR metric" = the whole sweep of
-harness/mixing.py (gallery ranks, image-set ranks of the 5 other members, R@K,
+harness/mixing/ (gallery ranks, image-set ranks of the 5 other members, R@K,
 Rsubset@K and Avg per triple). The first call, which may compile the counting loops,
 is reported on its own row; the others are the median and minimum of warm repeats.
 """
@@ -30,9 +30,12 @@ import torch
 import kernels
 from backbones import BACKBONES
 from backbones.base import LoadOptions
-from harness import mixing, provenance
-from harness.atomic import write_json
-from harness.embed import embed_split
+from harness.core import provenance
+from harness.core.atomic import write_json
+from harness.evaluation.embed import embed_split
+from harness.mixing.grid import best_index, simplex_grid
+from harness.mixing.parts import make_part
+from harness.mixing.sweep import sweep_metrics
 from harness.suites.cirr import CirrSuite
 from harness.suites.cirr_standin import VENDORED_ANNOTATIONS, standin_root
 
@@ -57,27 +60,27 @@ def measure(annotations: Path, split: str, checkpoint: str | None, step: float, 
     start = time.perf_counter()
     emb = embed_split(backbone, data, torch.device("cpu"), "fp32", 256)
     embed_seconds = time.perf_counter() - start
-    part = mixing.make_part("evaluation", data, emb)
-    grid = mixing.simplex_grid(step)
+    part = make_part("evaluation", data, emb)
+    grid = simplex_grid(step)
     labels = part.labels
 
     def gallery_ranks():
         return kernels.mixed_rank_counts(part.parts, part.gallery, grid, labels.positives, labels.reference)
 
     def every_metric():
-        return mixing.sweep_metrics(part, grid, "covr", "pessimistic")
+        return sweep_metrics(part, grid, "covr", "pessimistic")
 
     sizes = {"triples": grid.shape[0], "queries": len(data.queries), "gallery_images": len(data.gallery)}
     rows = []
     for what, fn in (("gallery ranks (kernels.mixed_rank_counts)", gallery_ranks),
-                     ("every CIRR metric (mixing.sweep_metrics)", every_metric)):
+                     ("every CIRR metric (mixing.sweep.sweep_metrics)", every_metric)):
         first, warm = timed(fn, repeats)
         rows.append({"what": f"{what}, first call", **sizes, "median_seconds": first,
                      "min_seconds": first, "repeats": 1})
         rows.append({"what": what, **sizes, "median_seconds": statistics.median(warm),
                      "min_seconds": min(warm), "repeats": len(warm), "seconds": warm})
     sweep = every_metric()
-    best = mixing.best_index(sweep["Avg"])
+    best = best_index(sweep["Avg"])
     return {
         "rows": rows,
         "embedding_seconds": embed_seconds,

@@ -7,6 +7,7 @@ import random
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +15,23 @@ import torch
 
 from backbones import BACKBONES
 from backbones.checkpoints import directory_sha256
-from harness import distributed, mixing, provenance
-from harness.atomic import write_json, write_text
 from harness.config import RunConfig
-from harness.embed import embed_split
-from harness.embedding_cache import cached_embed
-from harness.errors import HarnessError
-from harness.metrics import CONVENTIONS, TIE_RULES
-from harness.paths import cache_dir
-from harness.precision import resolve_device, resolve_precision
-from harness.progress import say
-from harness.protocols import PROTOCOLS
-from harness.report import result_markdown
-from harness.suites import SUITES
+from harness.core import distributed, provenance
+from harness.core.atomic import write_json, write_text
+from harness.core.errors import HarnessError
+from harness.core.paths import cache_dir
+from harness.core.precision import resolve_device, resolve_precision
+from harness.core.progress import say
+from harness.evaluation.embed import SplitEmbeddings, embed_split
+from harness.evaluation.embedding_cache import cached_embed
+from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
+from harness.evaluation.protocols import PROTOCOLS
+from harness.mixing import modes
+from harness.mixing.step import mix_step
+from harness.reports.run import result_markdown
+from harness.suites import SUITES, SplitData
 from harness.suites.cirr_layout import check_images
-from harness.train import fine_tune
+from harness.training.loop import fine_tune
 
 
 def seed_everything(seed: int) -> None:
@@ -59,6 +62,55 @@ def preflight(config: RunConfig):
     return backbone_entry, suite
 
 
+@dataclass
+class Model:
+    """The loaded backbone on its device, and how it embeds a split (through the
+    embedding cache when the run keeps one)."""
+
+    backbone: object
+    device: torch.device
+    precision: str
+    batch_size: int
+    cache: Path | None
+
+    def embed(self, data: SplitData) -> SplitEmbeddings | None:
+        """The split's embeddings; None on a torchrun rank other than 0 (rank 0 scores)."""
+        say(f"embedding {data.suite}/{data.split}: {len(data.gallery)} images, {len(data.queries)} queries")
+        return cached_embed(
+            lambda partial: embed_split(self.backbone, data, self.device, self.precision, self.batch_size, partial),
+            self.backbone, data, self.precision, self.cache,
+        )
+
+
+def load_splits(config: RunConfig, suite) -> tuple[SplitData, SplitData | None]:
+    """The evaluated split and the training split (if --train), every image they use checked."""
+    data = suite.load(config.split)
+    check_images(data, list(dict.fromkeys([*data.gallery, *(q.reference for q in data.queries)])))
+    if not config.train:
+        return data, None
+    # A suite without a train split of its own (CIRCO) says what to train on instead.
+    train_data = getattr(suite, "load_training", suite.load)(config.train_split)
+    used = [i for q in train_data.queries if q.target for i in (q.reference, q.target)]
+    check_images(train_data, list(dict.fromkeys(used)))
+    return data, train_data
+
+
+def train(config: RunConfig, model: Model, train_data: SplitData, data: SplitData, checkpoint_dir: Path) -> dict:
+    """Fine-tune, then evaluate the checkpoint written: the results' "training" block."""
+    backbone = model.backbone
+    queries = len(train_data.queries) if config.max_train_queries is None else \
+        min(len(train_data.queries), config.max_train_queries)
+    say(f"fine-tuning {config.backbone} on {train_data.suite}/{train_data.split} "
+        f"({queries} queries, {config.epochs} epochs, batch {config.batch_size})")
+    training = fine_tune(backbone, train_data, config.training(), model.device, model.precision,
+                         checkpoint_dir).to_dict()
+    if train_data.suite != data.suite:
+        training["trained_on"] = f"{train_data.suite}/{train_data.split}"
+    backbone.checkpoint_id = str(checkpoint_dir)
+    backbone.checkpoint_sha256 = directory_sha256(checkpoint_dir)
+    return training
+
+
 def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     started = time.perf_counter()
     if config.threads:
@@ -68,67 +120,56 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     precision = resolve_precision(config.precision, device)
     if distributed.launched_by_torchrun():
         # Fine-tuning splits each batch over the ranks and gathers the embeddings
-        # (harness/train.py); evaluation shards the split.
+        # (harness/training/loop.py); evaluation shards the split.
         device = distributed.device_for_rank(device)
         distributed.init(device)
-
-    data = suite.load(config.split)
-    check_images(data, list(dict.fromkeys([*data.gallery, *(q.reference for q in data.queries)])))
-    train_data = None
-    if config.train:
-        # A suite without a train split of its own (CIRCO) says what to train on instead.
-        train_data = getattr(suite, "load_training", suite.load)(config.train_split)
-        used = [i for q in train_data.queries if q.target for i in (q.reference, q.target)]
-        check_images(train_data, list(dict.fromkeys(used)))
-
+    data, train_data = load_splits(config, suite)
     seed_everything(config.seed)
-    backbone = backbone_entry.load(config.load_options(), device)
-    mixing.check(config, suite, data, backbone)  # --mix: refuse what it does not cover, before any work
+    model = Model(backbone_entry.load(config.load_options(), device), device, precision, config.eval_batch_size,
+                  cache_dir() / "embeddings" if config.cache else None)
+    if config.mix:  # refuse what mixing does not cover, before any work
+        modes.check(config.mixing(), suite, data, model.backbone)
     out_dir = Path(config.out)
     stem = f"{config.suite}_{config.split}_{config.backbone}_{config.config_id()}"
-
-    training = None
-    if train_data is not None:
-        say(f"fine-tuning {config.backbone} on {train_data.suite}/{train_data.split} "
-            f"({len(train_data.queries)} queries, {config.epochs} epochs, batch {config.batch_size})")
-        checkpoint_dir = out_dir / "checkpoints" / stem
-        result = fine_tune(backbone, train_data, config, device, precision, checkpoint_dir)
-        training = result.to_dict()
-        if train_data.suite != data.suite:
-            training["trained_on"] = f"{train_data.suite}/{train_data.split}"
-        backbone.checkpoint_id = str(checkpoint_dir)
-        backbone.checkpoint_sha256 = directory_sha256(checkpoint_dir)
-
-    say(f"embedding {config.suite}/{config.split}: {len(data.gallery)} images, {len(data.queries)} queries")
-    embeddings = cached_embed(
-        lambda partial: embed_split(backbone, data, device, precision, config.eval_batch_size, partial),
-        backbone, data, precision, cache_dir() / "embeddings" if config.cache else None,
-    )
+    training = train(config, model, train_data, data, out_dir / "checkpoints" / stem) if train_data else None
+    embeddings = model.embed(data)
     if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
         return None
-    protocol = PROTOCOLS.get(suite.scoring)  # how this suite is scored (harness/protocols)
-    metrics = server_files = None
+    protocol = PROTOCOLS.get(suite.scoring)  # how this suite is scored (harness/evaluation/protocols)
+    scored = {"metrics": None, "server_files": None}
     if data.has_targets:
-        metrics = protocol.evaluate(data, embeddings, config)
+        scored["metrics"] = protocol.evaluate(data, embeddings, config.scoring_rules())
     else:
-        server_files = protocol.write_server_files(data, embeddings, out_dir, stem)
-    mixed = mixing.mix_step(config, suite, data, embeddings, (backbone, device, precision), out_dir, stem) \
-        if config.mix else None
+        scored["server_files"] = protocol.write_server_files(data, embeddings, out_dir, stem)
+    if config.mix:
+        scored["mixing"] = mix_step(config.mixing(), suite, data, embeddings, model.embed, out_dir, stem)
+    result = record(config, argv, data, protocol, model, scored, training, embeddings.timings, started)
+    result_path = write_json(out_dir / f"{stem}.json", result)
+    table = result_markdown(result)
+    write_text(result_path.with_suffix(".md"), table)
+    print(table)
+    say(f"results: {result_path}")
+    return result
 
-    result = {
+
+def record(config: RunConfig, argv, data: SplitData, protocol, model: Model, scored: dict,
+           training: dict | None, embedding_timings: dict, started: float) -> dict:
+    """The results file: what was computed, how (config, protocol, seed), and where."""
+    backbone = model.backbone
+    return {
         "schema": 1,
         "date": provenance.now(),
         "command": "python -m harness.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "config": config.to_dict(),
         "config_hash": config.hash(),
         "seed": config.seed,
-        "precision": precision,
+        "precision": model.precision,
         "protocol": {
             "suite": config.suite,
             "split": config.split,
             "queries": len(data.queries),
             "gallery_images": len(data.gallery),
-            **protocol.describe(data, config),
+            **protocol.describe(data, config.scoring_rules()),
         },
         "backbone": {
             "name": config.backbone,
@@ -138,19 +179,13 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
             "image_size": backbone.image_size,
             "parameters": sum(p.numel() for p in backbone.model.parameters()),
         },
-        "metrics": metrics,
-        **({"mixing": mixed} if mixed else {}),
-        "server_files": server_files,
+        "metrics": scored["metrics"],
+        **({"mixing": scored["mixing"]} if scored.get("mixing") else {}),
+        "server_files": scored["server_files"],
         "training": training,
         "data": data.provenance,
-        "timings": {"embedding": embeddings.timings, "total_seconds": time.perf_counter() - started},
+        "timings": {"embedding": embedding_timings, "total_seconds": time.perf_counter() - started},
         "git": provenance.git_state(),
         "packages": provenance.package_versions(),
-        "hardware": provenance.hardware(device),
+        "hardware": provenance.hardware(model.device),
     }
-    result_path = write_json(out_dir / f"{stem}.json", result)
-    table = result_markdown(result)
-    write_text(result_path.with_suffix(".md"), table)
-    print(table)
-    say(f"results: {result_path}")
-    return result

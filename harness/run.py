@@ -12,11 +12,11 @@ import sys
 
 from backbones import BACKBONES
 from harness.config import PRECISIONS, RunConfig
-from harness.errors import HarnessError
-from harness.losses import LOSSES
-from harness.metrics import CONVENTIONS, TIE_RULES
-from harness.recipes import RECIPES, SCHEDULES
+from harness.core.errors import HarnessError
+from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
 from harness.suites import SUITES
+from harness.training.losses import LOSSES
+from harness.training.recipes import RECIPES, SCHEDULES
 
 EXAMPLES = """
 examples:
@@ -47,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # None means "not given": RunConfig.from_cli fills it from the recipe or defaults.
-    add = parser.add_argument
+    for add_group in (_what_to_run, _fine_tuning, _evaluation, _mixing):
+        add_group(parser.add_argument)
+    return parser
+
+
+def _what_to_run(add) -> None:
     add("--backbone", default="blip-tiny", help="model to evaluate (default blip-tiny)")
     add("--suite", default="shapes", help="dataset (default shapes, generated offline)")
     add("--split", default="val",
@@ -68,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--precision", choices=PRECISIONS, help="default: fp16 on CUDA, fp32 on CPU")
     add("--seed", type=int, default=0)
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def _fine_tuning(add) -> None:
     add("--train", action=argparse.BooleanOptionalAction,
         help="fine-tune before evaluating (default: only for blip-tiny from random weights)")
     add("--recipe", choices=list(RECIPES), help="fine-tuning recipe (default: tiny for blip-tiny, else covr)")
@@ -96,13 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the resumable training state every N steps (default: at epoch ends only)")
     add("--resume", action=argparse.BooleanOptionalAction,
         help="continue an interrupted fine-tuning of the same configuration from its training state")
+
+
+def _evaluation(add) -> None:
     add("--eval-batch-size", type=int)
     add("--cache", action=argparse.BooleanOptionalAction,
         help="reuse embeddings of the same weights, preprocessing and data (default on)")
     add("--convention", choices=CONVENTIONS, help="CIRR scoring convention (default covr)")
     add("--tie-rule", choices=TIE_RULES, help="how equal scores rank (default pessimistic)")
+
+
+def _mixing(add) -> None:
     add("--mix", nargs="+", metavar="MODE",
-        help="mixed embeddings m = w0*q + w1*t + w2*f (harness/mixing.py), any of: sweep (simplex grid), "
+        help="mixed embeddings m = w0*q + w1*t + w2*f (harness/mixing/core.py), any of: sweep (simplex grid), "
              "learn (softmax weights fitted on the tuning split), w0,w1,w2 (fixed), median, max "
              "(element-wise); CIRR-protocol suites, single-vector backbones")
     add("--mix-step", type=float, help="grid step of --mix sweep (default 0.05: 231 triples)")
@@ -110,13 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where --mix chooses weights: heldout-half (default: a seeded half of the evaluated "
              "split; the other half is reported) or a split such as train (whole split reported)")
     add("--tune-max-queries", type=int, help="cap on the tuning split's queries (default 5000, seeded)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from harness import distributed
+    from harness.core import distributed
     from harness.pipeline import run
 
     succeeded = False
@@ -135,6 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from harness import distributed
+    from harness.core import distributed
 
     distributed.exit_process(main())

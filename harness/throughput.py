@@ -22,9 +22,9 @@ from backbones.blip import BlipComposer
 from backbones.blip_configs import blip_config
 from backbones.blip_tiny import tiny_tokenizer
 from backbones.preprocess import ImagePreprocess
-from harness import provenance
-from harness.atomic import write_json
-from harness.precision import autocast, resolve_device, resolve_precision
+from harness.core import provenance
+from harness.core.atomic import write_json
+from harness.core.precision import autocast, resolve_device, resolve_precision
 
 # A CIRR-length caption (15 tokens) made of words the offline tokenizer holds whole.
 CAPTION = "make the red circle large and add a blue square at the top left"

@@ -2,7 +2,7 @@
 
 Each function dispatches to an implementation: `reference` (chunked torch, any
 device; its counting loops compiled by torch.compile on CPU) or `triton` (fused
-kernels in `kernels/triton_kernels.py`: single vectors (Q, D) x (G, D), BLIP-2's
+kernels in `kernels/triton_ops/`: single vectors (Q, D) x (G, D), BLIP-2's
 multi-vector max-sim (Q, S, D) x (G, T, D) with S, T powers of two up to
 TRITON_MAX_TOKENS, top-K up to TRITON_MAX_K). The choice comes from the `impl`
 argument, else the COIR_KERNELS environment variable, else `auto`: Triton when
@@ -42,8 +42,8 @@ import torch
 from kernels import reference
 
 IMPLEMENTATIONS = ("reference", "triton")
-TRITON_MAX_K = 64  # = triton_kernels.MAX_K, kept here so dispatch needs no triton import
-TRITON_MAX_TOKENS = 64  # = triton_kernels.MAX_TOKENS
+TRITON_MAX_K = 64  # = triton_ops.MAX_K, kept here so dispatch needs no triton import
+TRITON_MAX_TOKENS = 64  # = triton_ops.MAX_TOKENS
 
 
 def _tokens_covered(x: torch.Tensor) -> bool:
@@ -89,9 +89,9 @@ def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int |
 
 
 def _triton():
-    from kernels import triton_kernels
+    from kernels import triton_ops
 
-    return triton_kernels
+    return triton_ops
 
 
 def target_rank_counts(

@@ -116,7 +116,6 @@ def target_rank_counts(
     """
     if query.ndim == 3 or gallery.ndim == 3:
         return _target_rank_counts_rows(query, gallery, positives, exclude, chunk)
-    num_queries, num_gallery = query.shape[0], gallery.shape[0]
     device = query.device
     greater = torch.zeros(positives.shape, dtype=torch.int64, device=device)
     equal = torch.zeros(positives.shape, dtype=torch.int64, device=device)
@@ -124,38 +123,45 @@ def target_rank_counts(
     q_all, g_all = query.float(), gallery.float()
     copies = _Copies(duplicates.find(gallery), g_all)
     step = chunk or QUERY_TILE
-    for start in range(0, num_queries, step):
-        stop = min(start + step, num_queries)
-        q = q_all[start:stop]
-        rows = torch.arange(stop - start, device=device)
+    for start in range(0, query.shape[0], step):
+        stop = min(start + step, query.shape[0])
         pos = positives[start:stop].to(device)
-        skip = exclude[start:stop].to(device)
-        group_scores = copies.scores(q)
-        own = torch.stack([copies.own(q, g_all, pos[:, p], group_scores) for p in range(pos.shape[1])], 1)
-        lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
-        above = torch.zeros(pos.shape, dtype=torch.int64, device=device)
-        at_least = torch.zeros_like(above)
-        for block in range(0, num_gallery, GALLERY_TILE):
-            tile = copies.apply(q @ g_all[block : block + GALLERY_TILE].T, block, group_scores)
-            for p, live in enumerate(lives):
-                if len(live) == len(rows):
-                    g_, ge = counting.count_above(tile, own[:, p])
-                else:  # soft-target columns are mostly padding: count only real positives
-                    g_, ge = counting.count_above(tile[live], own[live, p])
-                above[live, p] += g_
-                at_least[live, p] += ge
-            # the positive itself and the excluded item take no part: take out what
-            # their columns counted, from the very scores the tile gave them
-            for item in (pos, skip[:, None].expand_as(pos)):
-                at, p = torch.nonzero((item >= block) & (item < block + tile.shape[1]), as_tuple=True)
-                there = tile[at, item[at, p] - block]
-                above[at, p] -= (there > own[at, p]).long()
-                at_least[at, p] -= (there >= own[at, p]).long()
+        above, at_least, own = _tiled_counts(q_all[start:stop], g_all, pos, exclude[start:stop].to(device), copies)
         pad = pos < 0
         greater[start:stop] = above.masked_fill(pad, 0)
         equal[start:stop] = (at_least - above).masked_fill(pad, 0)
         pos_scores[start:stop] = own.masked_fill(pad, float("nan"))
     return greater, equal, pos_scores
+
+
+def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: _Copies
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One query chunk against the gallery, tile by tile: (items above each positive,
+    items at least as high, the positives' scores), the positive and the excluded
+    item not counted."""
+    rows = torch.arange(q.shape[0], device=q.device)
+    group_scores = copies.scores(q)
+    own = torch.stack([copies.own(q, g_all, pos[:, p], group_scores) for p in range(pos.shape[1])], 1)
+    lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
+    above = torch.zeros(pos.shape, dtype=torch.int64, device=q.device)
+    at_least = torch.zeros_like(above)
+    for block in range(0, g_all.shape[0], GALLERY_TILE):
+        tile = copies.apply(q @ g_all[block : block + GALLERY_TILE].T, block, group_scores)
+        for p, live in enumerate(lives):
+            if len(live) == len(rows):
+                g_, ge = counting.count_above(tile, own[:, p])
+            else:  # soft-target columns are mostly padding: count only real positives
+                g_, ge = counting.count_above(tile[live], own[live, p])
+            above[live, p] += g_
+            at_least[live, p] += ge
+        # the positive itself and the excluded item take no part: take out what
+        # their columns counted, from the very scores the tile gave them
+        for item in (pos, skip[:, None].expand_as(pos)):
+            at, p = torch.nonzero((item >= block) & (item < block + tile.shape[1]), as_tuple=True)
+            there = tile[at, item[at, p] - block]
+            above[at, p] -= (there > own[at, p]).long()
+            at_least[at, p] -= (there >= own[at, p]).long()
+    return above, at_least, own
 
 
 class _Copies:
@@ -320,26 +326,33 @@ def mixed_rank_counts(
             live = rows[pos >= 0]  # soft-target columns are mostly padding: skip those rows
             if len(live) == 0:
                 continue
-            whole = len(live) == len(rows)
-            sub = blocks if whole else blocks[:, live]  # a copy unless whole
-            own = sub[:, torch.arange(len(live), device=g.device), pos[live]]  # (3, L)
-            in_place = not whole or p == positives.shape[1] - 1
-            differences = sub.sub_(own[:, :, None]) if in_place else sub - own[:, :, None]
-            skipped = skip[live]
-            at = torch.nonzero(skipped >= 0).squeeze(1)
-            differences[:, at, skipped[at]] = float("nan")
-            settled = _settled_columns(differences, w)
-            if settled is not None:  # evaluate only the items some triple could place either way
-                keep, beaten_by = settled
-                differences = differences[:, :, keep]
-            above, at_least = counting.count_mixed_above_zero(differences, w)
-            if settled is not None:
-                above += beaten_by
-                at_least += beaten_by
+            # the last column may take the blocks in place: no later column reads them
+            above, at_least, own = _mixed_column_counts(blocks, pos, live, skip, w, p == positives.shape[1] - 1)
             greater[:, start + live, p] = above
             equal[:, start + live, p] = at_least - above - 1  # the positive is >= itself
             pos_scores[:, start + live, p] = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
     return greater, equal, pos_scores
+
+
+def _mixed_column_counts(blocks: torch.Tensor, pos: torch.Tensor, live: torch.Tensor, skip: torch.Tensor,
+                         w: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For one positive column of a chunk's (3, R, G) score blocks: per triple and live
+    row, the items with w . d > 0 and >= 0 (d: their three score differences to the
+    positive), and the positive's three scores (3, L)."""
+    whole = len(live) == blocks.shape[1]
+    sub = blocks if whole else blocks[:, live]  # a copy unless whole
+    own = sub[:, torch.arange(len(live), device=blocks.device), pos[live]]  # (3, L)
+    differences = sub.sub_(own[:, :, None]) if (not whole or last) else sub - own[:, :, None]
+    skipped = skip[live]
+    at = torch.nonzero(skipped >= 0).squeeze(1)
+    differences[:, at, skipped[at]] = float("nan")
+    settled = _settled_columns(differences, w)
+    if settled is None:
+        return (*counting.count_mixed_above_zero(differences, w), own)
+    # evaluate only the items some triple could place either way
+    keep, beaten_by = settled
+    above, at_least = counting.count_mixed_above_zero(differences[:, :, keep], w)
+    return above + beaten_by, at_least + beaten_by, own
 
 
 def _settled_columns(

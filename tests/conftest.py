@@ -18,6 +18,9 @@ from harness.suites.cirr_standin import VENDORED_ANNOTATIONS, standin_root  # no
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# The `original` and `blip_file` fixtures: tiny checkpoints in BLIP's own layout.
+pytest_plugins = ["tests.originals.blip"]
+
 REPO = Path(__file__).resolve().parent.parent
 CIRR_ANNOTATIONS = VENDORED_ANNOTATIONS  # tests/data/cirr: the real val and test1 annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.average_precision import average_precision_at, map_metrics
+from harness.evaluation.average_precision import average_precision_at, map_metrics
 
 
 def embeddings_for(score_rows: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""blip2: embeddings as CoVR-2 computes them, multi-vector similarity, LAVIS conversion,
-save/load. Tiny random models only."""
+"""blip2: embeddings as CoVR-2 computes them, multi-vector similarity, save/load (the
+LAVIS conversion: tests/test_convert_blip2.py). Tiny random models only."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from backbones.blip2 import (
     build_tiny_blip2,
     tiny_blip2_config,
 )
-from backbones.convert_blip2 import lavis_blip2_to_transformers
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from tests.originals.lavis import LAVIS_VOCAB, lavis_state_dict
 
 torch.set_num_threads(1)
 
@@ -161,192 +161,6 @@ def test_similarity_mean_pooling():
     assert torch.allclose(blip2_similarity(one, g, pool="mean"), one @ gm.T, atol=1e-6)
     with pytest.raises(ValueError):
         blip2_similarity(q, g, pool="sum")
-
-
-# -- 4. LAVIS conversion -----------------------------------------------------------
-LAVIS_VOCAB = 40
-
-
-def lavis_state_dict(config, seed=0) -> dict[str, torch.Tensor]:
-    """A LAVIS Blip2Qformer state dict written from LAVIS' module names and shapes
-    (eva_vit.py VisionTransformer, blip2_models/Qformer.py BertLMHeadModel)."""
-    g = torch.Generator().manual_seed(seed)
-    vc, qc = config.vision_config, config.qformer_config
-    e, h, d = vc.hidden_size, qc.hidden_size, config.image_text_hidden_size
-    p = vc.patch_size
-    n_pos = (vc.image_size // p) ** 2 + 1
-    shapes: dict[str, tuple[int, ...]] = {
-        "visual_encoder.cls_token": (1, 1, e),
-        "visual_encoder.pos_embed": (1, n_pos, e),
-        "visual_encoder.patch_embed.proj.weight": (e, 3, p, p),
-        "visual_encoder.patch_embed.proj.bias": (e,),
-        "ln_vision.weight": (e,), "ln_vision.bias": (e,),
-        "query_tokens": (1, config.num_query_tokens, h),
-        "Qformer.bert.embeddings.word_embeddings.weight": (qc.vocab_size, h),
-        "Qformer.bert.embeddings.position_embeddings.weight": (qc.max_position_embeddings, h),
-        "Qformer.bert.embeddings.LayerNorm.weight": (h,),
-        "Qformer.bert.embeddings.LayerNorm.bias": (h,),
-        "Qformer.cls.predictions.bias": (qc.vocab_size,),
-        "Qformer.cls.predictions.transform.dense.weight": (h, h),
-        "Qformer.cls.predictions.transform.dense.bias": (h,),
-        "Qformer.cls.predictions.transform.LayerNorm.weight": (h,),
-        "Qformer.cls.predictions.transform.LayerNorm.bias": (h,),
-        "Qformer.cls.predictions.decoder.weight": (qc.vocab_size, h),
-        "Qformer.cls.predictions.decoder.bias": (qc.vocab_size,),
-        "vision_proj.weight": (d, h), "vision_proj.bias": (d,),
-        "text_proj.weight": (d, h), "text_proj.bias": (d,),
-        "itm_head.weight": (2, h), "itm_head.bias": (2,),
-        "temp": (),
-    }
-    for i in range(vc.num_hidden_layers):
-        b = f"visual_encoder.blocks.{i}."
-        shapes |= {
-            b + "norm1.weight": (e,), b + "norm1.bias": (e,),
-            b + "attn.qkv.weight": (3 * e, e), b + "attn.q_bias": (e,), b + "attn.v_bias": (e,),
-            b + "attn.proj.weight": (e, e), b + "attn.proj.bias": (e,),
-            b + "norm2.weight": (e,), b + "norm2.bias": (e,),
-            b + "mlp.fc1.weight": (vc.intermediate_size, e), b + "mlp.fc1.bias": (vc.intermediate_size,),
-            b + "mlp.fc2.weight": (e, vc.intermediate_size), b + "mlp.fc2.bias": (e,),
-        }
-    for i in range(qc.num_hidden_layers):
-        b = f"Qformer.bert.encoder.layer.{i}."
-        attentions = ["attention"] + (["crossattention"] if i % qc.cross_attention_frequency == 0 else [])
-        for att in attentions:
-            kv_in = e if att == "crossattention" else h
-            shapes |= {
-                b + f"{att}.self.query.weight": (h, h), b + f"{att}.self.query.bias": (h,),
-                b + f"{att}.self.key.weight": (h, kv_in), b + f"{att}.self.key.bias": (h,),
-                b + f"{att}.self.value.weight": (h, kv_in), b + f"{att}.self.value.bias": (h,),
-                b + f"{att}.output.dense.weight": (h, h), b + f"{att}.output.dense.bias": (h,),
-                b + f"{att}.output.LayerNorm.weight": (h,), b + f"{att}.output.LayerNorm.bias": (h,),
-            }
-        for suffix in ("", "_query"):
-            shapes |= {
-                b + f"intermediate{suffix}.dense.weight": (qc.intermediate_size, h),
-                b + f"intermediate{suffix}.dense.bias": (qc.intermediate_size,),
-                b + f"output{suffix}.dense.weight": (h, qc.intermediate_size),
-                b + f"output{suffix}.dense.bias": (h,),
-                b + f"output{suffix}.LayerNorm.weight": (h,),
-                b + f"output{suffix}.LayerNorm.bias": (h,),
-            }
-    state = {}
-    for key, shape in shapes.items():
-        scale = 0.5 if key.endswith(("cls_token", "pos_embed")) else 0.1
-        tensor = torch.randn(shape, generator=g) * scale
-        if "norm" in key.lower() and key.endswith("weight"):
-            tensor = 1.0 + tensor
-        state[key] = tensor
-    state["Qformer.bert.embeddings.position_ids"] = torch.arange(qc.max_position_embeddings)[None]
-    return state
-
-
-def expected_hf_key(key: str) -> str:
-    """The transformers name of a LAVIS key, written from transformers' modeling_blip_2 names."""
-    fixed = {
-        "visual_encoder.cls_token": "vision_model.embeddings.class_embedding",
-        "visual_encoder.pos_embed": "vision_model.embeddings.position_embedding",
-        "ln_vision.weight": "vision_model.post_layernorm.weight",
-        "ln_vision.bias": "vision_model.post_layernorm.bias",
-        "Qformer.bert.embeddings.LayerNorm.weight": "qformer.layernorm.weight",
-        "Qformer.bert.embeddings.LayerNorm.bias": "qformer.layernorm.bias",
-    }
-    if key in fixed:
-        return fixed[key]
-    for old, new in [
-        ("visual_encoder.patch_embed.proj.", "vision_model.embeddings.patch_embedding."),
-        ("visual_encoder.blocks.", "vision_model.encoder.layers."),
-        (".norm1.", ".layer_norm1."), (".norm2.", ".layer_norm2."),
-        (".attn.qkv.", ".self_attn.qkv."), (".attn.proj.", ".self_attn.projection."),
-        ("Qformer.bert.embeddings.", "embeddings."), ("Qformer.bert.encoder.", "qformer.encoder."),
-        ("attention.self.", "attention.attention."),
-        ("vision_proj.", "vision_projection."), ("text_proj.", "text_projection."),
-    ]:
-        key = key.replace(old, new)
-    return key
-
-
-@pytest.fixture(scope="module")
-def lavis_config():
-    return tiny_blip2_config(LAVIS_VOCAB, num_query_tokens=N_QUERY)
-
-
-@torch.no_grad()
-def test_lavis_conversion_key_by_key(lavis_config):
-    original = lavis_state_dict(lavis_config)
-    converted, dropped = lavis_blip2_to_transformers(original, lavis_config)
-    model = Blip2ForImageTextRetrieval(lavis_config)
-    model.load_state_dict(converted, strict=True)
-    assert dropped == sorted(k for k in original if k.startswith("Qformer.cls.") or k in (
-        "temp", "Qformer.bert.embeddings.position_ids"))
-    covered = set()
-    for key, tensor in original.items():
-        if key in dropped or key.endswith(("attn.q_bias", "attn.v_bias")):
-            continue
-        target = expected_hf_key(key)
-        assert torch.equal(converted[target], tensor), key
-        assert torch.equal(model.state_dict()[target], tensor), key
-        covered.add(target)
-    for i in range(lavis_config.vision_config.num_hidden_layers):
-        q = original[f"visual_encoder.blocks.{i}.attn.q_bias"]
-        v = original[f"visual_encoder.blocks.{i}.attn.v_bias"]
-        fused = converted[f"vision_model.encoder.layers.{i}.self_attn.qkv.bias"]
-        assert torch.equal(fused, torch.cat([q, torch.zeros_like(q), v]))
-        covered.add(f"vision_model.encoder.layers.{i}.self_attn.qkv.bias")
-    assert covered == set(converted)  # nothing converted that the test did not check
-
-
-def eva_reference_forward(original, config, px):
-    """LAVIS' EVA ViT (Block: x + attn(norm1(x)); x + mlp(norm2(x)); LayerNorm eps 1e-6,
-    q_bias / zero k bias / v_bias) followed by ln_vision (torch's default eps 1e-5)."""
-    vc = config.vision_config
-    e, heads = vc.hidden_size, vc.num_attention_heads
-    x = F.conv2d(px, original["visual_encoder.patch_embed.proj.weight"],
-                 original["visual_encoder.patch_embed.proj.bias"], stride=vc.patch_size)
-    x = x.flatten(2).transpose(1, 2)
-    x = torch.cat([original["visual_encoder.cls_token"].expand(x.shape[0], -1, -1), x], dim=1)
-    x = x + original["visual_encoder.pos_embed"]
-    b, n, _ = x.shape
-    for i in range(vc.num_hidden_layers):
-        w = {k[len(f"visual_encoder.blocks.{i}."):]: v for k, v in original.items()
-             if k.startswith(f"visual_encoder.blocks.{i}.")}
-        y = F.layer_norm(x, (e,), w["norm1.weight"], w["norm1.bias"], eps=1e-6)
-        bias = torch.cat([w["attn.q_bias"], torch.zeros_like(w["attn.v_bias"]), w["attn.v_bias"]])
-        qkv = F.linear(y, w["attn.qkv.weight"], bias).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = ((q * (e // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        y = (attn @ v).transpose(1, 2).reshape(b, n, e)
-        x = x + F.linear(y, w["attn.proj.weight"], w["attn.proj.bias"])
-        y = F.layer_norm(x, (e,), w["norm2.weight"], w["norm2.bias"], eps=1e-6)
-        y = F.linear(F.gelu(F.linear(y, w["mlp.fc1.weight"], w["mlp.fc1.bias"])), w["mlp.fc2.weight"], w["mlp.fc2.bias"])
-        x = x + y
-    return F.layer_norm(x, (e,), original["ln_vision.weight"], original["ln_vision.bias"], eps=1e-5)
-
-
-@torch.no_grad()
-def test_lavis_conversion_vision_forward_matches_eva(lavis_config):
-    original = lavis_state_dict(lavis_config, seed=1)
-    converted, _ = lavis_blip2_to_transformers({"model": original}, lavis_config)  # checkpoint form
-    model = Blip2ForImageTextRetrieval(lavis_config).eval()
-    model.load_state_dict(converted, strict=True)
-    px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    ours = model.vision_model(pixel_values=px).last_hidden_state
-    reference = eva_reference_forward(original, lavis_config, px)
-    # the only difference left is ln_vision's eps (1e-5 in LAVIS, 1e-6 in transformers)
-    assert torch.allclose(ours, reference, atol=2e-5), (ours - reference).abs().max()
-
-
-def test_lavis_conversion_refuses_unknown_keys_and_wrong_shapes(lavis_config):
-    original = lavis_state_dict(lavis_config)
-    with pytest.raises(ValueError, match="unknown"):
-        lavis_blip2_to_transformers({**original, "visual_encoder.blocks.0.gamma_1": torch.ones(32)}, lavis_config)
-    bad = dict(original)
-    bad["visual_encoder.pos_embed"] = torch.zeros(1, 17, 32)  # another resolution
-    with pytest.raises(ValueError, match="shapes"):
-        lavis_blip2_to_transformers(bad, lavis_config)
-    missing = dict(original)
-    del missing["itm_head.bias"]
-    with pytest.raises(ValueError, match="missing"):
-        lavis_blip2_to_transformers(missing, lavis_config)
 
 
 # -- 5. registration, save / load ---------------------------------------------------

@@ -12,7 +12,7 @@ from PIL import Image
 from backbones import BACKBONES, LoadOptions
 from backbones.blip import ENC_TOKEN
 from backbones.blip_tiny import build_random, tiny_tokenizer
-from harness.suites.shapes_generator import VOCABULARY
+from harness.suites.scenes import VOCABULARY
 from tests.conftest import CIRR_ANNOTATIONS
 
 
@@ -97,7 +97,7 @@ def test_preprocess_resizes_to_uint8(tiny):
 
 
 def test_bf16_autocast_stays_close_to_fp32(tiny):
-    from harness.precision import autocast
+    from harness.core.precision import autocast
 
     x = pixels(tiny)
     texts = ["make the red circle blue", "remove the triangle", "move the square to the left"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from harness.config import RunConfig
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.evaluation.server_files import circo_problems, write_circo_submission
 from harness.pipeline import run
-from harness.server_files import circo_problems, write_circo_submission
 from harness.suites.circo import CircoSuite, read_circo
 from harness.suites.circo_generator import INFO_FILE, CircoSpec, file_name, generate
 

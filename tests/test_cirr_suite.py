@@ -8,7 +8,7 @@ import json
 import pytest
 
 from harness.config import RunConfig
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.pipeline import run
 from harness.suites import SUITES
 from harness.suites.cirr_layout import check_images

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from harness.config import RunConfig
-from harness.deepspeed_engine import engine_config
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.pipeline import run
 from harness.suites.shapes import ensure_dataset
 from harness.suites.shapes_generator import ShapesSpec
+from harness.training.deepspeed_engine import engine_config
 from tests.conftest import REPO
 
 SPEC = ShapesSpec(seed=6, sets={"train": 16, "val": 8, "test1": 2},
@@ -91,7 +91,7 @@ def test_covr_recipe_defaults_to_zero2_and_hashes_the_config_file(tmp_path):
 
 
 def test_deepspeed_fp16_is_refused_on_cpu():
-    from harness.deepspeed_engine import DeepSpeedEngine
+    from harness.training.deepspeed_engine import DeepSpeedEngine
 
     with pytest.raises(HarnessError, match="fp16 needs a GPU"):
         DeepSpeedEngine(torch.nn.Linear(2, 2), [], "configs/deepspeed/zero2.json", "fp16", 1e-4, 0.0, 0.0,

@@ -10,8 +10,8 @@ import torch
 
 from backbones.blip import BlipComposer
 from backbones.blip_tiny import build_random
-from harness import embedding_cache
 from harness.config import RunConfig
+from harness.evaluation import embedding_cache
 from harness.pipeline import run
 from harness.suites.shapes import ensure_dataset
 from harness.suites.shapes_generator import ShapesSpec
@@ -80,7 +80,7 @@ def test_identity_covers_preprocessing_and_data(small_shapes):
 
 
 def test_damaged_or_mismatched_entries_are_recomputed(small_shapes, tmp_path):
-    from harness.embed import SplitEmbeddings
+    from harness.evaluation.embed import SplitEmbeddings
     from harness.suites import SUITES
 
     data = SUITES.get("shapes")(small_shapes).load("val")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from harness.config import RunConfig
-from harness.embed import SplitEmbeddings
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.evaluation.embed import SplitEmbeddings
+from harness.evaluation.protocols.fashioniq import fashioniq_metrics, merge_phrasings
 from harness.pipeline import run
-from harness.protocols.fashioniq import fashioniq_metrics, merge_phrasings
 from harness.run import build_parser
 from harness.suites import SUITES, Query
 from harness.suites.fashioniq import CATEGORIES, read_fashioniq

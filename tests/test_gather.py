@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.gather import gather_with_grad
-from harness.losses import hn_nce
+from harness.training.gather import gather_with_grad
+from harness.training.losses import hn_nce
 from tests._distributed import run_on_ranks
 
 WORLD, LOCAL, DIM = 2, 5, 8

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.grad_cache import cached_step, chunk_bounds, full_batch_step
-from harness.losses import contrastive_loss
+from harness.training.grad_cache import cached_step, chunk_bounds, full_batch_step
+from harness.training.losses import contrastive_loss
 from tests._distributed import run_on_ranks
 
 LOSSES = {"hn-nce": (1.0, 0.5), "info-nce": (1.0, 0.0), "covr-compat": (1.0, 0.5)}
@@ -139,8 +139,8 @@ def _train(root, chunk, monkeypatch, train_vision=True):
     from backbones.blip_tiny import build_random
     from harness.config import RunConfig
     from harness.suites.shapes import ShapesSuite
-    from harness.torch_engine import TorchEngine
-    from harness.train import fine_tune
+    from harness.training.loop import fine_tune
+    from harness.training.torch_engine import TorchEngine
 
     seen = []
     original = TorchEngine.step
@@ -153,7 +153,7 @@ def _train(root, chunk, monkeypatch, train_vision=True):
     backbone = build_random(seed=3)
     config = RunConfig.resolve({"batch_size": 12, "epochs": 1, "max_train_queries": 24, "lr": 1e-3,
                                 "warmup_steps": 0, "grad_cache_chunk": chunk, "train_vision": train_vision})
-    result = fine_tune(backbone, ShapesSuite(root).load("train"), config, torch.device("cpu"), "fp32")
+    result = fine_tune(backbone, ShapesSuite(root).load("train"), config.training(), torch.device("cpu"), "fp32")
     monkeypatch.undo()
     return result, seen
 

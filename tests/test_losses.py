@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.losses import _directional, contrastive_loss, hn_nce, hn_nce_covr_compat, info_nce
+from harness.training.losses import (
+    _directional,
+    contrastive_loss,
+    hn_nce,
+    hn_nce_covr_compat,
+    info_nce,
+)
 
 
 def hn_nce_direct(q, t, tau, alpha, beta):

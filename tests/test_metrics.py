@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.metrics import QueryLabels, build_labels, cirr_metrics, ranks_with_ties, recalls
+from harness.evaluation.metrics import (
+    QueryLabels,
+    build_labels,
+    cirr_metrics,
+    ranks_with_ties,
+    recalls,
+)
 from harness.suites.base import Query
 from kernels.reference import rank_counts_dense
 
@@ -153,8 +159,8 @@ def test_labels_padding_shapes():
 def test_percentages_are_exact_in_float64():
     """76 hits of 600 queries is 7600 / 600 = 12.666666666666666, not float32's
     12.666666507720947; the sweep's per-variant recalls and mAP use the same sums."""
-    from harness.average_precision import map_metrics
-    from harness.metrics import metrics_from_counts
+    from harness.evaluation.average_precision import map_metrics
+    from harness.evaluation.metrics import metrics_from_counts
 
     hit = torch.zeros(600, 1, dtype=torch.long).masked_fill(torch.arange(600)[:, None] >= 76, 100)
     labels = torch.ones(600, 1)

@@ -1,4 +1,4 @@
-"""The mixed-embedding extension (harness/mixing.py): a sweep entry equals a direct
+"""The mixed-embedding extension (harness/mixing/): a sweep entry equals a direct
 evaluation of the explicitly mixed query, learned weights stay on the simplex, the
 median and max rules match numpy, and a run with --mix writes the table and the
 heat-map, tuned on one set and reported on another."""
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import mixing
-from harness.errors import HarnessError
-from harness.losses import hn_nce, info_nce
-from harness.metrics import build_labels, cirr_metrics
+from harness.core.errors import HarnessError
+from harness.evaluation.metrics import CIRR_METRICS, build_labels, cirr_metrics
+from harness.mixing import learn, modes, parts, sweep
+from harness.mixing.grid import aggregate, mix, simplex_grid
 from harness.suites.base import Query, SplitData
+from harness.training.losses import hn_nce, info_nce
 
 TRIPLES = [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.2, 0.3, 0.5),
            (0.05, 0.05, 0.9), (1 / 3, 1 / 3, 1 / 3), (0.6, 0.0, 0.4)]
@@ -45,24 +46,24 @@ def random_split(num_queries=48, num_gallery=70, dim=16, seed=0):
 
 
 def test_simplex_grid_has_231_triples_on_the_simplex():
-    grid = mixing.simplex_grid(0.05)
+    grid = simplex_grid(0.05)
     assert grid.shape == (231, 3)
     assert torch.all(grid >= 0) and torch.allclose(grid.sum(1), torch.ones(231))
     assert len({tuple(row) for row in grid.tolist()}) == 231
     for vertex in ([1, 0, 0], [0, 1, 0], [0, 0, 1]):
         assert vertex in grid.tolist()
-    assert mixing.simplex_grid(0.25).shape == (15, 3)
+    assert simplex_grid(0.25).shape == (15, 3)
     with pytest.raises(HarnessError):
-        mixing.simplex_grid(0.3)
+        simplex_grid(0.3)
 
 
 @pytest.mark.parametrize("convention", ["covr", "cirplant"])
 @pytest.mark.parametrize("tie_rule", ["pessimistic", "optimistic"])
 def test_sweep_entry_equals_direct_evaluation(convention, tie_rule):
     data, emb = random_split()
-    part = mixing.make_part("evaluation", data, emb)
+    part = parts.make_part("evaluation", data, emb)
     weights = torch.tensor(TRIPLES)
-    swept = mixing.sweep_metrics(part, weights, convention, tie_rule, chunk=3)  # chunks of 3 triples
+    swept = sweep.sweep_metrics(part, weights, convention, tie_rule, chunk=3)  # chunks of 3 triples
     gallery = torch.nn.functional.normalize(emb.gallery, dim=-1)
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
     for i, w in enumerate(TRIPLES):
@@ -77,19 +78,19 @@ def test_sweep_entry_equals_direct_evaluation(convention, tie_rule):
 
 def test_sweep_over_the_grid_matches_direct_on_sampled_triples():
     data, emb = random_split(num_queries=30, seed=3)
-    part = mixing.make_part("evaluation", data, emb)
-    grid = mixing.simplex_grid(0.05)
-    swept = mixing.sweep_metrics(part, grid, "covr", "pessimistic")
+    part = parts.make_part("evaluation", data, emb)
+    grid = simplex_grid(0.05)
+    swept = sweep.sweep_metrics(part, grid, "covr", "pessimistic")
     for i in (0, 17, 100, 230):
-        direct = mixing.direct_metrics(part, mixing.mix(part.parts, grid[i].tolist()), "covr", "pessimistic")
+        direct = sweep.direct_metrics(part, mix(part.parts, grid[i].tolist()), "covr", "pessimistic")
         assert {k: swept[k][i] for k in direct} == direct
 
 
 @pytest.mark.parametrize("loss", [info_nce, hn_nce])
 def test_learned_weights_stay_on_the_simplex_and_favour_the_informative_part(loss):
     data, emb = random_split(num_queries=64)
-    part = mixing.make_part("tuning", data, emb)
-    learned = mixing.learn_weights(part, loss, seed=0, steps=60)
+    part = parts.make_part("tuning", data, emb)
+    learned = learn.learn_weights(part, loss, seed=0, steps=60)
     w = torch.tensor(learned["weights"])
     assert torch.all(w >= 0) and w.sum().item() == pytest.approx(1.0, abs=1e-6)
     assert int(w.argmax()) == 2  # f carries the target most strongly
@@ -103,27 +104,27 @@ def test_aggregation_rules_match_numpy(rule, numpy_rule):
     normalised = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts]
     expected = numpy_rule(np.stack(normalised), axis=0)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    got = mixing.aggregate([torch.from_numpy(p) for p in parts], rule).numpy()
+    got = aggregate([torch.from_numpy(p) for p in parts], rule).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_heldout_halves_are_disjoint_seeded_and_cover_the_split():
     data, _ = random_split(num_queries=41)
-    tune, ev = mixing.heldout_halves(data, seed=0)
+    tune, ev = parts.heldout_halves(data, seed=0)
     assert len(tune) == 20 and len(ev) == 21 and not set(tune) & set(ev)
     assert sorted(tune + ev) == list(range(41))
-    assert mixing.heldout_halves(data, seed=0) == (tune, ev)
-    assert mixing.heldout_halves(data, seed=1) != (tune, ev)
+    assert parts.heldout_halves(data, seed=0) == (tune, ev)
+    assert parts.heldout_halves(data, seed=1) != (tune, ev)
 
 
 @pytest.mark.parametrize("tokens, ok", [(["sweep", "learn", "0.2,0.3,0.5"], True), (["0.5,0.5,0.5"], False),
                                          (["mean"], False), (["1,0"], False), (["-0.1,0.6,0.5"], False)])
 def test_mix_modes_are_checked(tokens, ok):
     if ok:
-        assert mixing.parse_modes(tokens) == tuple(tokens)
+        assert modes.parse_modes(tokens) == tuple(tokens)
     else:
         with pytest.raises(HarnessError):
-            mixing.parse_modes(tokens)
+            modes.parse_modes(tokens)
 
 
 def test_multi_vector_backbones_are_refused():
@@ -133,7 +134,7 @@ def test_multi_vector_backbones_are_refused():
     suite = type("S", (), {"scoring": "cirr", "splits": ("train", "val")})()
     backbone = type("B", (), {"multi_vector": True})()
     with pytest.raises(HarnessError, match="multi-vector"):
-        mixing.check(config, suite, SplitData("cirr", "val", [], [], {}, True, ""), backbone)
+        modes.check(config.mixing(), suite, SplitData("cirr", "val", [], [], {}, True, ""), backbone)
 
 
 def test_run_with_mix_tunes_on_one_half_reports_on_the_other(tmp_path):
@@ -141,7 +142,7 @@ def test_run_with_mix_tunes_on_one_half_reports_on_the_other(tmp_path):
     from backbones.blip_tiny import build_random
     from harness.config import RunConfig
     from harness.pipeline import run
-    from harness.report import benchmarks_markdown, load_results
+    from harness.reports.benchmarks import benchmarks_markdown, load_results
     from harness.suites.shapes import ensure_dataset
     from harness.suites.shapes_generator import ShapesSpec
 
@@ -158,7 +159,7 @@ def test_run_with_mix_tunes_on_one_half_reports_on_the_other(tmp_path):
     methods = [r["method"] for r in block["rows"]]
     assert methods[:3] == ["f alone", "q alone", "t alone"]
     assert {"element-wise median", "element-wise max", "fixed 0.2,0.2,0.6"} <= set(methods)
-    assert sum(1 for r in block["rows"] if r.get("chosen_for")) == len(mixing.METRICS)
+    assert sum(1 for r in block["rows"] if r.get("chosen_for")) == len(CIRR_METRICS)
     assert block["sweep"]["triples"] == 15
     assert abs(sum(block["learned"]["weights"]) - 1) < 1e-6
     png = tmp_path / "out" / block["heatmap"]
@@ -167,7 +168,7 @@ def test_run_with_mix_tunes_on_one_half_reports_on_the_other(tmp_path):
     for row in block["rows"]:
         if row.get("chosen_for"):
             i = row["sweep_index"]
-            assert {m: block["sweep"]["evaluation"][m][i] for m in mixing.METRICS} == pytest.approx(row["metrics"])
+            assert {m: block["sweep"]["evaluation"][m][i] for m in CIRR_METRICS} == pytest.approx(row["metrics"])
     text = benchmarks_markdown(load_results([tmp_path / "out"]))
     assert "Mixed embeddings" in text and block["heatmap"] in text
     saved = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
@@ -198,15 +199,15 @@ def test_sweep_on_real_cirr_val_matches_direct_evaluation(cirr_root):
     the 37 hard targets outside target_soft) in one sweep; sampled entries equal the
     direct evaluation. Timings of this sweep: python -m harness.mix_timing."""
     from backbones.blip_tiny import build_random
-    from harness.embed import embed_split
+    from harness.evaluation.embed import embed_split
     from harness.suites.cirr import CirrSuite
 
     data = CirrSuite(cirr_root).load("val")
     emb = embed_split(build_random(seed=0), data, torch.device("cpu"), "fp32", 512)
-    part = mixing.make_part("evaluation", data, emb)
-    grid = mixing.simplex_grid(0.05)
-    swept = mixing.sweep_metrics(part, grid, "covr", "pessimistic")
+    part = parts.make_part("evaluation", data, emb)
+    grid = simplex_grid(0.05)
+    swept = sweep.sweep_metrics(part, grid, "covr", "pessimistic")
     assert len(part.pair_ids) == 4181 and all(len(v) == 231 for v in swept.values())
     for i in (0, 57, 230):  # t alone, a mixture, f alone
-        direct = mixing.direct_metrics(part, mixing.mix(part.parts, grid[i].tolist()), "covr", "pessimistic")
+        direct = sweep.direct_metrics(part, mix(part.parts, grid[i].tolist()), "covr", "pessimistic")
         assert {k: swept[k][i] for k in direct} == pytest.approx(direct, abs=1e-9)

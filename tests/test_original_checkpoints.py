@@ -14,7 +14,7 @@ import torch
 from transformers import BertTokenizer
 
 from harness.run import main
-from tests.test_convert_blip import (
+from tests.originals.blip import (
     VOCAB,
     blip_retrieval_state_dict,
     covr_model_state_dict,
@@ -84,7 +84,7 @@ def test_missing_tokenizer_is_reported_before_work(original_files, tmp_path, cap
 def test_lavis_blip2_checkpoint_evaluates_cirr_val(cirr_root, tmp_path):
     from backbones.blip2 import tiny_blip2_config
     from backbones.blip_tiny import tiny_tokenizer
-    from tests.test_blip2 import lavis_state_dict
+    from tests.originals.lavis import lavis_state_dict
 
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tokenizer")

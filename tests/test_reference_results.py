@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from benches.regenerate_reference import JOBS, REPORT, recorded_command
-from harness.report import benchmarks_markdown, load_results
+from harness.reports.benchmarks import benchmarks_markdown, load_results
 from tests.conftest import REPO
 
 REFERENCE = REPO / "results" / "reference"

@@ -17,7 +17,7 @@ import pytest
 
 from harness.config import RunConfig
 from harness.pipeline import run
-from harness.report import benchmarks_markdown
+from harness.reports.benchmarks import benchmarks_markdown
 from harness.suites.shapes import ensure_dataset
 from harness.suites.shapes_generator import ShapesSpec
 

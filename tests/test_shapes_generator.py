@@ -1,33 +1,17 @@
-"""Tests of the synthetic "shapes" CoIR generator (CIRR layout, unambiguous captions)."""
+"""Tests of the synthetic "shapes" CoIR generator (CIRR layout, unambiguous captions)
+and the scenes it draws (harness/suites/scenes.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-
-def _load_generator():
-    """The package import, or the file itself while the rest of harness.suites is absent."""
-    try:
-        from harness.suites import shapes_generator
-
-        return shapes_generator
-    except Exception:  # sibling modules of the package may not exist yet
-        path = Path(__file__).resolve().parents[1] / "harness" / "suites" / "shapes_generator.py"
-        spec = importlib.util.spec_from_file_location("shapes_generator_under_test", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look the module up here
-        spec.loader.exec_module(module)
-        return module
-
-
-sg = _load_generator()
+from harness.suites import scenes
+from harness.suites import shapes_generator as sg
 
 SPLITS = ("train", "val", "test1")
 SMALL = sg.ShapesSpec(seed=0, image_size=32, sets={"train": 20, "val": 10, "test1": 10})
@@ -77,10 +61,10 @@ def _parse_reference(text: str) -> dict:
     constraints, rest = {}, words[1:]
     if rest[0] in SIZE_WORDS:
         constraints["size"] = SIZE_WORDS[rest.pop(0)]
-    if rest[0] in sg.COLOURS:
+    if rest[0] in scenes.COLOURS:
         constraints["colour"] = rest.pop(0)
     constraints["shape"] = rest.pop(0)
-    assert constraints["shape"] in sg.SHAPES, text
+    assert constraints["shape"] in scenes.SHAPES, text
     if rest:
         constraints["position"] = _parse_position_phrase(" ".join(rest))
     return constraints
@@ -103,10 +87,10 @@ def apply_caption(scene, caption: str):
     verb, rest = caption.split(" ", 1)
     if verb in ("add", "put"):
         article, size, colour, shape, where = rest.split(" ", 4)
-        assert article == "a" and colour in sg.COLOURS and shape in sg.SHAPES, caption
+        assert article == "a" and colour in scenes.COLOURS and shape in scenes.SHAPES, caption
         position = _parse_position_phrase(where)
         assert position not in {o.position for o in scene}, f"{caption!r}: cell is taken"
-        return tuple(sorted(scene + (sg.Obj(position, shape, colour, SIZE_WORDS[size]),)))
+        return tuple(sorted(scene + (scenes.Obj(position, shape, colour, SIZE_WORDS[size]),)))
     if verb in ("remove", "take"):
         if verb == "take":
             assert rest.startswith("away "), caption
@@ -131,7 +115,7 @@ def apply_caption(scene, caption: str):
     if verb == "make":
         text, value = rest.rsplit(" ", 1)
         old = _resolve(scene, text)
-        if value in sg.COLOURS:
+        if value in scenes.COLOURS:
             return _changed(scene, old, colour=value)
         size = {"bigger": "large", "smaller": "small"}.get(value) or SIZE_WORDS[value]
         assert size != old.size, f"{caption!r}: the size does not change"
@@ -229,7 +213,7 @@ def test_plan_matches_files_and_pixels(dataset):
         # One id per scene and one scene per id: the gallery has no duplicate images.
         assert len(set(plan.scenes.values())) == len(plan.scenes)
         for image_id in list(plan.scenes)[::5]:
-            rendered = np.asarray(sg.render_scene(plan.scenes[image_id], SMALL.image_size))
+            rendered = np.asarray(scenes.render_scene(plan.scenes[image_id], SMALL.image_size))
             assert np.array_equal(rendered, _pixels(dataset / plan.paths[image_id])), image_id
 
 
@@ -248,7 +232,7 @@ def test_caption_and_reference_determine_target(dataset):
 def test_scenes_are_well_formed(dataset):
     for split in SPLITS:
         for scene in sg.plan_split(SMALL, split).scenes.values():
-            assert 1 <= len(scene) <= sg.MAX_OBJECTS
+            assert 1 <= len(scene) <= scenes.MAX_OBJECTS
             assert list(scene) == sorted(scene)
             assert len({o.position for o in scene}) == len(scene)  # one object per cell
 
@@ -271,7 +255,7 @@ def test_every_set_has_hard_negatives(dataset):
 
 
 def test_captions_use_only_vocabulary(dataset):
-    vocabulary = set(sg.VOCABULARY)
+    vocabulary = set(scenes.VOCABULARY)
     assert all(w.isalpha() and w.islower() for w in vocabulary)
     for split in SPLITS:
         for q in _captions(dataset, split):
@@ -298,7 +282,7 @@ def test_failed_generation_leaves_root_untouched(tmp_path, monkeypatch):
     sg.generate(root, tiny)
     before = _snapshot(root)
 
-    real_render, calls = sg.render_scene, []
+    real_render, calls = scenes.render_scene, []
 
     def failing_render(scene, size):
         calls.append(scene)

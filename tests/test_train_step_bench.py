@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from harness.report import benchmarks_markdown
+from harness.reports.benchmarks import benchmarks_markdown
 from tests.conftest import REPO
 
 

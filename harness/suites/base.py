@@ -14,8 +14,8 @@ from typing import Protocol
 
 from PIL import Image
 
-from harness.image_files import READ_ERRORS, open_rgb, unreadable
-from harness.registry import Registry
+from harness.core.registry import Registry
+from harness.suites.image_files import READ_ERRORS, open_rgb, unreadable
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class SplitData:
         return self.image_paths[image_id]
 
     def load_image(self, image_id: str) -> Image.Image:
-        """The image as RGB, whatever its mode (harness/image_files.py)."""
+        """The image as RGB, whatever its mode (harness/suites/image_files.py)."""
         path = self.image_paths[image_id]
         try:
             return open_rgb(path)

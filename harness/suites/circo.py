@@ -28,7 +28,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.suites import circo_generator
 from harness.suites.base import Query, SplitData, register_suite
 from harness.suites.circo_generator import IMAGE_DIR, INFO_FILE, TRAIN_DIR
@@ -130,7 +130,7 @@ class CircoSuite:
     name = "circo"
     splits = ("val", "test")
     default_split = "val"
-    scoring = "circo"  # harness/protocols/circo.py
+    scoring = "circo"  # harness/evaluation/protocols/circo.py
 
     def __init__(self, data_root: Path | None = None):
         self.manifest: dict | None = None

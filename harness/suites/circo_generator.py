@@ -1,7 +1,7 @@
 """Seeded generator of a small dataset in the CIRCO layout, so the `circo` suite, its
 tests and offline demos run without COCO.
 
-The pictures are `shapes` scenes (harness/suites/shapes_generator.py). A query is a
+The pictures are `shapes` scenes (harness/suites/scenes.py). A query is a
 reference scene and one templated edit; its ground truths are the edited scene
 drawn on 1 to 1 + max_extra_ground_truths slightly different backgrounds (several
 images satisfy the query, as several COCO images do in CIRCO), the first being the
@@ -34,15 +34,14 @@ import numpy as np
 from PIL import Image
 
 from harness.suites import shapes_generator
-from harness.suites.shapes_generator import (
+from harness.suites.generated import replace_dir, write_json
+from harness.suites.scenes import (
     BACKGROUND,
     Scene,
-    _base_scene,
-    _plan_edits,
-    _replace_dir,
-    _write_json,
     apply_edit,
+    base_scene,
     caption_for,
+    plan_edits,
     render_scene,
 )
 
@@ -121,8 +120,8 @@ class _Gallery:
 
 def _query(gallery: _Gallery, spec: CircoSpec, split: str, index: int) -> dict:
     rng = _rng(spec.seed, split, index)
-    reference = _base_scene(rng)
-    edits = _plan_edits(reference, rng)  # 5 edits with distinct results, 2-3 siblings first
+    reference = base_scene(rng)
+    edits = plan_edits(reference, rng)  # 5 edits with distinct results, 2-3 siblings first
     edit = edits[0]
     target = apply_edit(reference, edit)
     caption = caption_for(edit, reference, rng)
@@ -152,11 +151,11 @@ def generate(root: Path, spec: CircoSpec) -> dict:
         gallery = _Gallery(tmp, spec.image_size)
         for split in [s for s in SPLITS if s in spec.queries]:
             queries = [_query(gallery, spec, split, i) for i in range(spec.queries[split])]
-            _write_json(tmp / "annotations" / f"{split}.json", queries)
+            write_json(tmp / "annotations" / f"{split}.json", queries)
         rng = _rng(spec.seed, "distractors")
         for _ in range(spec.distractors):
-            gallery.image_id(_base_scene(rng))
-        _write_json(tmp / INFO_FILE, {
+            gallery.image_id(base_scene(rng))
+        write_json(tmp / INFO_FILE, {
             "info": {"description": "generated stand-in for COCO 2017 unlabeled images (coir-bench)"},
             "images": gallery.images,
         })
@@ -166,8 +165,8 @@ def generate(root: Path, spec: CircoSpec) -> dict:
                 sets={"train": spec.train_sets}, queries_per_set={"train": 5},
             ))
         manifest["images"] = len(gallery.images)
-        _write_json(tmp / "manifest.json", manifest)
-        _replace_dir(tmp, root)
+        write_json(tmp / "manifest.json", manifest)
+        replace_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

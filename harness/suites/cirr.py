@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.suites.base import SplitData, register_suite
 from harness.suites.cirr_layout import layout_help, read_split
 
@@ -23,7 +23,7 @@ class CirrSuite:
     name = "cirr"
     splits = ("train", "val", "test1")
     default_split = "val"
-    scoring = "cirr"  # harness/protocols/cirr.py
+    scoring = "cirr"  # harness/evaluation/protocols/cirr.py
 
     def __init__(self, data_root: Path | None = None):
         if data_root is None:

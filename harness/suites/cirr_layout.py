@@ -22,10 +22,10 @@ import json
 import math
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.image_files import image_problem
-from harness.progress import say
+from harness.core.errors import HarnessError
+from harness.core.progress import say
 from harness.suites.base import Query, SplitData
+from harness.suites.image_files import image_problem
 
 LAYOUT = """Expected layout (CIRR):
   {root}/captions/cap.{version}.<split>.json
@@ -179,7 +179,7 @@ def _protocol_problem(q: Query) -> str | None:
 
 def check_images(data: SplitData, image_ids: list[str], show: int = 5) -> None:
     """Fail before any model work if an image is missing, empty, truncated, too large
-    or unreadable (harness/image_files.py: headers and chunk checksums, no decoding)."""
+    or unreadable (harness/suites/image_files.py: headers and chunk checksums, no decoding)."""
     bad: list[str] = []
     for image_id in image_ids:
         path = data.image_paths[image_id]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.provenance import REPO
+from harness.core.provenance import REPO
 
 VENDORED_ANNOTATIONS = REPO / "tests" / "data" / "cirr"
 

@@ -31,7 +31,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.suites import fashioniq_generator
 from harness.suites.base import Query, SplitData, register_suite
 from harness.suites.cirr_layout import read_json
@@ -152,7 +152,7 @@ class FashionIQSuite:
     name = "fashioniq"
     splits = ("train", "val", "test")
     default_split = "val"
-    scoring = "fashioniq"  # harness/protocols/fashioniq.py
+    scoring = "fashioniq"  # harness/evaluation/protocols/fashioniq.py
     caption_rule = "and"
 
     def __init__(self, data_root: Path | None = None):

@@ -1,7 +1,7 @@
 """Seeded generator of a small dataset in the FashionIQ layout, so the `fashioniq`
 suite, its tests and offline demos run without the real images.
 
-The pictures are `shapes` scenes (harness/suites/shapes_generator.py), drawn and
+The pictures are `shapes` scenes (harness/suites/scenes.py), drawn and
 described with its vocabulary so blip-tiny learns them. Each annotation mirrors
 FashionIQ's: a reference ("candidate") and a target that differ in two ways, and
 two relative captions, each describing one of the two changes, as two annotators
@@ -28,14 +28,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.suites.shapes_generator import (
+from harness.suites.generated import replace_dir, write_json
+from harness.suites.scenes import (
     Edit,
     Scene,
-    _alternatives,
-    _base_scene,
-    _replace_dir,
-    _write_json,
+    alternatives,
     apply_edit,
+    base_scene,
     caption_for,
     render_scene,
 )
@@ -79,7 +78,7 @@ def _rng(seed: int, category: str, split: str, index: int) -> random.Random:
 
 def _two_object_scene(rng: random.Random) -> Scene:
     while True:
-        scene = _base_scene(rng)
+        scene = base_scene(rng)
         if len(scene) >= 2:
             return scene
 
@@ -91,11 +90,11 @@ def plan_annotation(rng: random.Random) -> tuple[Scene, Scene, list[Scene], tupl
     edits = []
     for obj in (first_obj, second_obj):
         kind = rng.choice(EDIT_KINDS)
-        edits.append(Edit(kind, obj, rng.choice(_alternatives(reference, obj, kind))))
+        edits.append(Edit(kind, obj, rng.choice(alternatives(reference, obj, kind))))
     first, second = edits
     target = apply_edit(apply_edit(reference, first), second)
     negatives = [apply_edit(reference, first), apply_edit(reference, second)]
-    others = [v for v in _alternatives(reference, first.obj, first.kind) if v != first.value]
+    others = [v for v in alternatives(reference, first.obj, first.kind) if v != first.value]
     if others:  # the first change with another value, the second as asked
         negatives.append(apply_edit(apply_edit(reference, first._replace(value=rng.choice(others))), second))
     captions = (caption_for(first, reference, rng), caption_for(second, reference, rng))
@@ -150,12 +149,12 @@ def generate(root: Path, spec: FashionIQSpec) -> dict:
                 writer = _SplitWriter(tmp, spec, category, split)
                 for index in range(spec.queries[split]):
                     writer.add(index)
-                _write_json(tmp / "captions" / f"cap.{category}.{split}.json", writer.annotations)
-                _write_json(tmp / "image_splits" / f"split.{category}.{split}.json", list(writer.ids.values()))
+                write_json(tmp / "captions" / f"cap.{category}.{split}.json", writer.annotations)
+                write_json(tmp / "image_splits" / f"split.{category}.{split}.json", list(writer.ids.values()))
                 counts[f"{category}.{split}"] = {"annotations": len(writer.annotations), "images": len(writer.ids)}
         manifest["counts"] = counts
-        _write_json(tmp / "manifest.json", manifest)
-        _replace_dir(tmp, root)
+        write_json(tmp / "manifest.json", manifest)
+        replace_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,5 @@
-"""Where a generated suite's default dataset lives, and generating it on first use.
+"""Where a generated suite's default dataset lives, generating it on first use, and
+the writers every generator shares (JSON files, the finished dataset swapped in).
 
     root = default_root("fashioniq", describe(spec))   # $COIR_BENCH_CACHE/fashioniq/<hash>
     manifest = ensure_generated(root, "fashioniq", lambda: generate(root, spec))
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.paths import cache_dir
+from harness.core.errors import HarnessError
+from harness.core.paths import cache_dir
 
 
 def default_root(name: str, identity: dict) -> Path:
@@ -30,3 +33,28 @@ def ensure_generated(root: Path, name: str, generate: Callable[[], dict]) -> dic
             f"{root} is not empty and holds no {name} manifest.json: refusing to write into it."
         )
     return generate()
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+
+def replace_dir(finished: Path, root: Path) -> None:
+    """Move `finished` to `root`; an existing root is swapped out, never written into."""
+    if not root.exists():
+        finished.rename(root)
+        return
+    old = root.parent / f"{root.name}.old-{os.getpid()}"
+    root.rename(old)
+    try:
+        finished.rename(root)
+    except BaseException:
+        old.rename(root)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+

@@ -12,9 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.paths import cache_dir
-from harness.progress import progress
+from harness.core.errors import HarnessError
+from harness.core.paths import cache_dir
+from harness.core.progress import progress
 from harness.suites import shapes_generator
 from harness.suites.base import SplitData, register_suite
 from harness.suites.cirr_layout import read_split
@@ -47,7 +47,7 @@ class ShapesSuite:
     name = "shapes"
     splits = ("train", "val", "test1")
     default_split = "val"
-    scoring = "cirr"  # harness/protocols/cirr.py
+    scoring = "cirr"  # harness/evaluation/protocols/cirr.py
 
     def __init__(self, data_root: Path | None = None):
         self.root = Path(data_root) if data_root is not None else default_root()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.suites.cirr_layout import read_split
 from tests.reliability.faults import fault
 

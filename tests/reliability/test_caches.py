@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from backbones.blip_tiny import build_random
-from harness import embedding_cache
-from harness.embed import SplitEmbeddings
+from harness.evaluation import embedding_cache
+from harness.evaluation.embed import SplitEmbeddings
 from harness.pipeline import run
 from harness.suites import SUITES, cirr_layout
 from tests.reliability.faults import fault

@@ -18,7 +18,7 @@ from backbones.blip_tiny import BlipTiny, build_random, tiny_config, tiny_tokeni
 from backbones.checkpoints import resolve
 from backbones.integrity import CHECKSUMS, file_sha256, verify_checksums, write_checksums
 from harness.config import RunConfig
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.pipeline import preflight
 from tests.reliability.faults import fault
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.embed import SplitEmbeddings
-from harness.errors import HarnessError
-from harness.evaluate import evaluate_methods, write_server_files
+from harness.core.errors import HarnessError
+from harness.evaluation.embed import SplitEmbeddings
+from harness.evaluation.protocols.cirr import evaluate_methods, write_server_files
 from harness.pipeline import run
 from harness.suites import SUITES
 from tests.reliability.faults import fault

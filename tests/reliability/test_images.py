@@ -14,11 +14,11 @@ from PIL import Image, ImageFile
 
 from backbones.blip_tiny import BlipTiny
 from harness.config import RunConfig
-from harness.errors import HarnessError
-from harness.image_files import MAX_PIXELS, image_problem, open_rgb
+from harness.core.errors import HarnessError
 from harness.pipeline import run
 from harness.suites import SUITES
 from harness.suites.cirr_layout import check_images
+from harness.suites.image_files import MAX_PIXELS, image_problem, open_rgb
 from tests.reliability.faults import fault
 
 RGB = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)

@@ -18,8 +18,8 @@ import torch
 
 from backbones.blip import BlipComposer
 from backbones.blip_tiny import build_random
-from harness.atomic import replace_atomically, write_json
 from harness.config import RunConfig
+from harness.core.atomic import replace_atomically, write_json
 from harness.pipeline import run
 from tests.conftest import REPO
 from tests.reliability.faults import fault
@@ -188,8 +188,8 @@ def test_kill_9_during_extraction(small_shapes, checkpoint, tmp_path, monkeypatc
 
 def test_resumed_embeddings_are_bitwise_equal(small_shapes, checkpoint, tmp_path, monkeypatch):
     """Batches keep their boundaries on a rerun: resumed tensors equal uninterrupted ones exactly."""
-    from harness import embedding_cache
-    from harness.embed import embed_split
+    from harness.evaluation import embedding_cache
+    from harness.evaluation.embed import embed_split
     from harness.suites import SUITES
 
     data = SUITES.get("shapes")(small_shapes).load("val")

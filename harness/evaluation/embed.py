@@ -1,0 +1,160 @@
+"""Embedding a split: gallery images, composed queries, and the two baselines.
+
+Each image (gallery and references) goes through the vision tower once; the
+composed queries of a reference are encoded from its tokens while they are in
+memory, so tokens are never stored for the whole split.
+
+Under torchrun (or the deepspeed launcher) every rank encodes an interleaved
+shard of the images and captions; rank 0 gathers the pieces and assembles the
+split, the other ranks get None.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from backbones.base import Backbone
+from harness.core import distributed
+from harness.core.precision import autocast
+from harness.core.progress import progress
+from harness.evaluation.partial_embeddings import PartialEmbeddings
+from harness.suites.base import SplitData
+from harness.suites.image_store import ImageStore
+
+
+@dataclass
+class SplitEmbeddings:
+    gallery_ids: list[str]
+    gallery: torch.Tensor  # (G, D), or (G, T, D) multi-vector: target / gallery embeddings
+    composed: torch.Tensor  # (Q, D) f(q, t)
+    image: torch.Tensor  # (Q, ...) the reference image's embedding q (image-only baseline)
+    text: torch.Tensor  # (Q, D) the caption alone t (text-only baseline)
+    timings: dict = field(default_factory=dict)
+
+
+# Rows of every results table: the composed query and the two single-modality
+# baselines, each a SplitEmbeddings attribute.
+METHODS = {
+    "composed f(q,t)": "composed",
+    "image-only q": "image",
+    "text-only t": "text",
+}
+
+Pieces = dict[str, list[tuple[list[int], torch.Tensor]]]  # name -> [(rows, values)]
+
+
+@torch.no_grad()
+def embed_split(
+    backbone: Backbone,
+    data: SplitData,
+    device: torch.device,
+    precision: str,
+    batch_size: int = 256,
+    partial: Path | None = None,
+) -> SplitEmbeddings | None:
+    """`partial`: a folder where each finished batch is kept, so that a rerun of an
+    interrupted extraction resumes (harness/evaluation/partial_embeddings.py); None keeps nothing."""
+    rank, world = distributed.rank_and_world()
+    queries = data.queries
+    image_ids = list(dict.fromkeys([*data.gallery, *(q.reference for q in queries)]))
+    start_time = time.perf_counter()
+    chunks = PartialEmbeddings(partial, world, rank, batch_size) if partial is not None else None
+    pieces = _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank, world, chunks)
+    seconds = time.perf_counter() - start_time
+    resumed = chunks.resumed["images"] if chunks is not None else 0
+    gathered = distributed.gather_to_rank0((pieces, seconds, resumed))
+    if gathered is None:
+        return None
+    merged: Pieces = defaultdict(list)
+    for part, _, _ in gathered:
+        for name, items in part.items():
+            merged[name] += items
+    seconds = max(s for _, s, _ in gathered)  # ranks run side by side
+    images_resumed = sum(r for _, _, r in gathered)
+    image_emb = _assemble(merged["image"], len(image_ids))
+    row = {image_id: i for i, image_id in enumerate(image_ids)}
+    reference_rows = torch.tensor([row[q.reference] for q in queries], dtype=torch.long)
+    return SplitEmbeddings(
+        gallery_ids=list(data.gallery),
+        gallery=image_emb[: len(data.gallery)],
+        composed=_assemble(merged["composed"], len(queries)),
+        image=image_emb[reference_rows],
+        text=_assemble(merged["text"], len(queries)),
+        timings={
+            "images_encoded": len(image_ids) - images_resumed,
+            "images_resumed": images_resumed,
+            "ranks": world,
+            "seconds": seconds,
+            "images_per_second": (len(image_ids) - images_resumed) / max(seconds, 1e-9),
+            "queries_per_second": len(queries) / max(seconds, 1e-9),
+        },
+    )
+
+
+def _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank, world,
+                  chunks: PartialEmbeddings | None) -> Pieces:
+    queries = data.queries
+    by_reference: dict[str, list[int]] = defaultdict(list)
+    for qi, q in enumerate(queries):
+        by_reference[q.reference].append(qi)
+    my_rows = list(range(rank, len(image_ids), world))
+    store = ImageStore(data, backbone.preprocess, backbone.image_size, [image_ids[i] for i in my_rows],
+                       preload_limit_bytes=0)
+    pieces: Pieces = defaultdict(list)
+    batches = range(0, len(my_rows), batch_size)
+    for start in progress(batches, desc=f"embedding {data.split}", unit="batch", disable=rank > 0):
+        rows = my_rows[start : start + batch_size]
+        saved = chunks.load("images", start, rows) if chunks is not None else None
+        if saved is not None:
+            pieces["image"].append((rows, saved["image"]))
+            if "composed" in saved:
+                pieces["composed"].append((saved["composed_rows"].tolist(), saved["composed"]))
+            continue
+        batch_ids = [image_ids[i] for i in rows]
+        pixels = backbone.normalize(store.batch(batch_ids).to(device))
+        batch: Pieces = defaultdict(list)
+        with autocast(precision, device):
+            tokens = backbone.image_tokens(pixels)
+            batch["image"].append((rows, backbone.image_embedding_from_tokens(tokens).float().cpu()))
+            pairs = [(qi, local) for local, i in enumerate(batch_ids) for qi in by_reference.get(i, ())]
+            for sub in range(0, len(pairs), batch_size):
+                chunk = pairs[sub : sub + batch_size]
+                query_rows = [qi for qi, _ in chunk]
+                locals_ = torch.tensor([local for _, local in chunk], device=tokens.device)
+                captions = [queries[qi].caption for qi in query_rows]
+                composed = backbone.query_embedding_from_tokens(tokens[locals_], captions)
+                batch["composed"].append((query_rows, composed.float().cpu()))
+        for name, items in batch.items():
+            pieces[name] += items
+        if chunks is not None:
+            tensors = {"image": batch["image"][0][1]}
+            if batch["composed"]:
+                tensors["composed"] = torch.cat([values for _, values in batch["composed"]])
+                tensors["composed_rows"] = torch.tensor([r for rs, _ in batch["composed"] for r in rs])
+            chunks.save("images", start, rows, tensors)
+    my_queries = list(range(rank, len(queries), world))
+    with autocast(precision, device):
+        for start in range(0, len(my_queries), batch_size):
+            rows = my_queries[start : start + batch_size]
+            saved = chunks.load("text", start, rows) if chunks is not None else None
+            if saved is None:
+                text = backbone.encode_text([queries[qi].caption for qi in rows]).float().cpu()
+                if chunks is not None:
+                    chunks.save("text", start, rows, {"text": text})
+            pieces["text"].append((rows, text if saved is None else saved["text"]))
+    return dict(pieces)
+
+
+def _assemble(items: list[tuple[list[int], torch.Tensor]], total: int) -> torch.Tensor:
+    """One (total, ...) tensor from (rows, values) pieces that cover every row."""
+    if not items:
+        return torch.empty(0, 0)
+    out = torch.empty(total, *items[0][1].shape[1:], dtype=torch.float32)
+    for rows, values in items:
+        out[rows] = values
+    return out

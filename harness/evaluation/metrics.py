@@ -1,0 +1,205 @@
+"""CIRR-protocol metrics: Recall@K over the gallery, Recall_subset@K within the
+query's image set, and Avg = (R@5 + Rsubset@1) / 2.
+
+Every metric is computed from the rank of each positive (how many candidates are
+placed before it), never from a full sort. A positive is a gallery item with a
+label > 0 for the query; a query's value at K is the best label among its
+positives ranked within the first K (0 if none), and Recall@K is the mean value
+in percent. With the hard target as the only positive (label 1) this is the usual
+"target within the first K".
+
+Scoring conventions (they differ on real CIRR val: 37 hard targets are absent
+from target_soft and 3 carry a soft label of -1):
+- "covr" (default; CoVR and CLIP4Cir, the papers' numbers): Recall@K counts a hit
+  on target_hard; Recall_subset@K takes the best soft label among hits.
+- "cirplant" (the official CIRR evaluation): both take the best soft label among
+  hits, negative labels counting 0.
+
+Tie rules (a candidate scoring exactly the same as a positive):
+- "pessimistic" (default): ties are placed before the positive unless they carry a
+  higher label, so equal scores never help.
+- "optimistic": ties are placed after the positive unless they carry a higher label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+from harness.suites import Query
+
+CONVENTIONS = ("covr", "cirplant")
+TIE_RULES = ("pessimistic", "optimistic")
+RECALL_KS = (1, 5, 10, 50)
+SUBSET_KS = (1, 2, 3)
+CIRR_METRICS = [f"R@{k}" for k in RECALL_KS] + [f"Rsubset@{k}" for k in SUBSET_KS] + ["Avg"]
+
+
+def ranks_with_ties(
+    greater: torch.Tensor,
+    equal: torch.Tensor,
+    pos_scores: torch.Tensor,
+    labels: torch.Tensor,
+    tie_rule: str,
+) -> torch.Tensor:
+    """Candidates placed before each positive, (Q, P), from the rank counts.
+
+    `equal` counts every tied candidate, positives included; ties between
+    positives are settled by their labels, so the rule applies to label order.
+    """
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"tie_rule must be one of {TIE_RULES}, got {tie_rule!r}")
+    real = ~torch.isnan(pos_scores)
+    tied = (pos_scores[:, :, None] == pos_scores[:, None, :]) & real[:, None, :]
+    tied &= ~torch.eye(pos_scores.shape[1], dtype=torch.bool, device=tied.device)
+    label_j, label_k = labels[:, :, None], labels[:, None, :]
+    if tie_rule == "pessimistic":
+        tied_positives = tied.sum(-1)
+        before = (equal - tied_positives) + (tied & (label_k <= label_j)).sum(-1)
+    else:
+        before = (tied & (label_k > label_j)).sum(-1)
+    # Padding never ranks: put it past every cut-off.
+    return torch.where(real, greater + before, torch.iinfo(greater.dtype).max)
+
+
+def values_at(ranks: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Best label among positives ranked within the first k, per query (0 if none)."""
+    hits = torch.where(ranks < k, labels, torch.zeros_like(labels))
+    return hits.max(dim=1).values.clamp(min=0) if labels.shape[1] else labels.new_zeros(len(labels))
+
+
+def percent(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """100 x the mean along dim, in float64 from the exact sum: 76 hits of 600 give
+    12.666666666666666, as 7600 / 600 does (not float32's 12.666666507720947)."""
+    return 100.0 * values.double().sum(dim) / values.shape[dim]
+
+
+def recalls(ranks: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    return {k: percent(values_at(ranks, labels, k)).item() for k in ks}
+
+
+@dataclass(frozen=True)
+class QueryLabels:
+    """Per-query positives as padded tensors, in gallery and in image-set coordinates."""
+
+    reference: torch.Tensor  # (Q,) gallery index of the reference image
+    positives: torch.Tensor  # (Q, P) gallery indices, -1 pad
+    hard: torch.Tensor  # (Q, P) 1 for target_hard, else 0
+    soft: torch.Tensor  # (Q, P) max(target_soft label, 0)
+    members: torch.Tensor  # (Q, M) gallery indices of img_set members
+    member_positives: torch.Tensor  # (Q, P) index into members, -1 pad
+
+
+def build_labels(queries: Sequence[Query], gallery_index: dict[str, int]) -> QueryLabels:
+    rows = []
+    for q in queries:
+        labels = {gid: max(v, 0.0) for gid, v in q.target_soft.items() if v > 0}
+        pos_ids = ([q.target] if q.target is not None else []) + [g for g in labels if g != q.target]
+        pos_ids = [g for g in pos_ids if g != q.reference]  # the reference never ranks
+        rows.append((q, pos_ids, labels))
+    width = max((len(p) for _, p, _ in rows), default=0)
+    members_width = max((len(q.members) for q in queries), default=0)
+    n = len(queries)
+    positives = torch.full((n, width), -1, dtype=torch.long)
+    member_positives = torch.full((n, width), -1, dtype=torch.long)
+    hard = torch.zeros(n, width)
+    soft = torch.zeros(n, width)
+    members = torch.full((n, members_width), -1, dtype=torch.long)
+    reference = torch.empty(n, dtype=torch.long)
+    for i, (q, pos_ids, labels) in enumerate(rows):
+        reference[i] = gallery_index[q.reference]
+        members[i, : len(q.members)] = torch.tensor([gallery_index[m] for m in q.members])
+        for j, gid in enumerate(pos_ids):
+            positives[i, j] = gallery_index[gid]
+            hard[i, j] = 1.0 if gid == q.target else 0.0
+            soft[i, j] = labels.get(gid, 0.0)
+            if gid in q.members:
+                member_positives[i, j] = q.members.index(gid)
+    return QueryLabels(reference, positives, hard, soft, members, member_positives)
+
+
+def cirr_metrics(
+    query_emb: torch.Tensor,
+    gallery_emb: torch.Tensor,
+    labels: QueryLabels,
+    convention: str = "covr",
+    tie_rule: str = "pessimistic",
+) -> dict[str, float]:
+    """R@{1,5,10,50}, Rsubset@{1,2,3} and Avg for composed (or baseline) queries."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    gallery_counts = kernels.target_rank_counts(
+        query_emb, gallery_emb, labels.positives, labels.reference
+    )
+    subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels)
+    subset_counts = kernels.reference.rank_counts_dense(
+        subset_scores, subset_valid, labels.member_positives
+    )
+    return {name: values[0] for name, values in
+            metrics_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule).items()}
+
+
+Counts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # greater, equal, positive scores
+
+
+def metrics_from_counts(
+    gallery_counts: Counts,
+    subset_counts: Counts,
+    labels: QueryLabels,
+    convention: str = "covr",
+    tie_rule: str = "pessimistic",
+) -> dict[str, list[float]]:
+    """Every CIRR metric from given rank counts, without scoring anything.
+
+    `gallery_counts` are `kernels.target_rank_counts` over the gallery (positives
+    `labels.positives`, reference excluded); `subset_counts` are `rank_counts_dense`
+    within the image set (positives `labels.member_positives`). Each is (Q, P), or
+    (W, Q, P) for W query variants at once (the weight triples of a mixing sweep).
+    Returns {metric: [value per variant]} (one value for (Q, P) counts).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    recall_labels = labels.hard if convention == "covr" else labels.soft
+    per_variant = {
+        **{f"R@{k}": v for k, v in _variant_recalls(gallery_counts, recall_labels, tie_rule, RECALL_KS).items()},
+        **{f"Rsubset@{k}": v for k, v in _variant_recalls(subset_counts, labels.soft, tie_rule, SUBSET_KS).items()},
+    }
+    per_variant["Avg"] = [(a + b) / 2 for a, b in zip(per_variant["R@5"], per_variant["Rsubset@1"])]
+    return per_variant
+
+
+def _variant_recalls(
+    counts: Counts, labels: torch.Tensor, tie_rule: str, ks: Sequence[int]
+) -> dict[int, list[float]]:
+    """`recalls` for (Q, P) counts or each of W variants in (W, Q, P) counts: the
+    variants are stacked along the query axis, so every rule is applied as it is
+    for one set of queries."""
+    greater, equal, pos_scores = counts
+    variants = greater.shape[0] if greater.ndim == 3 else 1
+    num_queries = labels.shape[0]
+    flat = [c.reshape(variants * num_queries, c.shape[-1]) for c in (greater, equal, pos_scores)]
+    stacked_labels = labels.repeat(variants, 1)
+    ranks = ranks_with_ties(*flat, stacked_labels, tie_rule)
+    out = {}
+    for k in ks:
+        values = values_at(ranks, stacked_labels, k).reshape(variants, num_queries)
+        out[k] = percent(values, dim=1).tolist()
+    return out
+
+
+def subset_scores_of(
+    query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: QueryLabels
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of each query against its own img_set members (Q, M), and which
+    members take part (not padding, not the reference)."""
+    members = labels.members.clamp(min=0)
+    scores = torch.stack(
+        [kernels.reference.rowwise_similarity(query_emb, gallery_emb[members[:, m]])
+         for m in range(members.shape[1])],
+        dim=1,
+    ) if members.shape[1] else torch.empty(members.shape)
+    valid = (labels.members >= 0) & (labels.members != labels.reference[:, None])
+    return scores, valid

@@ -1,0 +1,19 @@
+"""Scoring protocols: how a suite's split is scored, described in the results,
+tabulated, and submitted to a test server. A suite names its protocol
+(`suite.scoring`); the pipeline and the report look it up here.
+
+    protocol = PROTOCOLS.get(suite.scoring)
+    metrics = protocol.evaluate(data, embeddings, rules)           # {method: {metric: value}}
+    fields = protocol.describe(data, rules)                         # the results' "protocol" block
+    files = protocol.write_server_files(data, embeddings, out, stem)  # a split without targets
+    text = protocol.metrics_table(result)                           # per-run and BENCHMARKS.md
+
+`rules` (ScoringRules) are the run's choices that change a figure. The CIRR protocol
+keeps the results it always wrote: no "scoring" field in the protocol block (its
+absence means "cirr").
+"""
+
+from harness.evaluation.protocols import circo, cirr, fashioniq  # noqa: F401  (registration)
+from harness.evaluation.protocols.base import PROTOCOLS, ScoringProtocol, ScoringRules, scoring_of
+
+__all__ = ["PROTOCOLS", "ScoringProtocol", "ScoringRules", "scoring_of"]

@@ -1,0 +1,40 @@
+"""The ScoringProtocol contract, its registry and the rules a run hands to it
+(harness/evaluation/protocols/__init__.py shows how the pipeline uses them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from harness.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class ScoringRules:
+    """What a protocol needs of the run: the CIRR scoring convention and the tie rule
+    (harness/evaluation/metrics.py); built by RunConfig.scoring_rules()."""
+
+    convention: str = "covr"
+    tie_rule: str = "pessimistic"
+
+
+class ScoringProtocol(Protocol):
+    name: str
+
+    def describe(self, data, rules: ScoringRules) -> dict: ...
+
+    def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]: ...
+
+    def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]: ...
+
+    def metrics_table(self, result: dict) -> str: ...
+
+
+PROTOCOLS: Registry[ScoringProtocol] = Registry("scoring protocol")
+
+
+def scoring_of(result: dict) -> str:
+    """The protocol a results file was scored with ("cirr" for files that do not say)."""
+    return result["protocol"].get("scoring", "cirr")
+

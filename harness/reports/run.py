@@ -1,0 +1,70 @@
+"""One run in markdown: its summary lines and its protocol's metrics table (printed
+and written beside the results file), and its section of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.evaluation.protocols import PROTOCOLS, scoring_of
+from harness.reports.header import section_header
+from harness.reports.mixing import mixing_markdown
+from harness.reports.training import training_line
+
+
+def metrics_table(result: dict) -> str:
+    return PROTOCOLS.get(scoring_of(result)).metrics_table(result)
+
+
+def run_summary(result: dict) -> str:
+    p, b = result["protocol"], result["backbone"]
+    lines = [
+        f"{p['suite']} / {p['split']}: {p['queries']} queries over {p['gallery_images']} gallery images; "
+        f"reference removed; tie rule {p['tie_rule']}"
+        + (f"; convention {p['convention']}" if "convention" in p else "")
+        + (f"; captions joined as {p['caption_rule']}" if p.get("caption_rule") else "")
+        + ("; ranked within each category (" + ", ".join(f"{c} {n} images" for c, n in
+           p["category_gallery_images"].items()) + ")" if p.get("category_gallery_images") else ""),
+        f"backbone {b['name']} ({b['checkpoint']}), precision {result['precision']}, seed {result['seed']}",
+    ]
+    training = result.get("training")
+    if training:
+        lines.append(
+            f"fine-tuned {training['epochs']} epochs x {training['steps'] // max(1, training['epochs'])} "
+            f"steps, batch {training['batch_size']}, {training['train_queries']} queries"
+            f"{' of ' + training['trained_on'] if training.get('trained_on') else ''}, "
+            f"{training['seconds']:.0f} s ({training['samples_per_second']:.0f} samples/s), "
+            f"loss per epoch {', '.join(f'{x:.3f}' for x in training['loss_curve'])}"
+        )
+        if training_line(training):
+            lines.append(training_line(training))
+    return "\n".join(lines)
+
+
+def result_markdown(result: dict) -> str:
+    parts = [run_summary(result), ""]
+    if result.get("metrics"):
+        parts.append(metrics_table(result))
+    if result.get("mixing"):
+        parts += ["", *mixing_markdown(result["mixing"])]
+    if result.get("server_files"):
+        parts.append("server files: " + ", ".join(result["server_files"].values()))
+    return "\n".join(parts) + "\n"
+
+
+def run_section(path: Path, result: dict, seed_lines: list[str]) -> list[str]:
+    """A run's section: header, summary, metrics, its recipe's seed spread, mixing."""
+    p, timings = result["protocol"], result["timings"]
+    out = section_header(
+        f"{p['suite']} {p['split']}, {result['backbone']['name']}", result, path,
+        packages=("torch", "transformers"), identity=f"config {result['config_hash']}",
+        lines=[f"- whole run {timings['total_seconds']:.0f} s; embedding "
+               f"{timings['embedding']['images_per_second']:.0f} images/s, "
+               f"{timings['embedding']['queries_per_second']:.0f} queries/s"],
+    )
+    out += ["```", run_summary(result), "```", ""]
+    if result.get("metrics"):
+        out += [metrics_table(result), ""]
+    out += seed_lines
+    if result.get("mixing"):
+        out += mixing_markdown(result["mixing"], path.parent)
+    return out

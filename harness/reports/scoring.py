@@ -1,0 +1,59 @@
+"""BENCHMARKS.md section for scoring results (benches/scoring_suite.py files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.reports.header import section_header
+
+# Against which provider each label's speed-up is read: the peers of the issue.
+PEERS = ("faiss", "torch-mm-topk", "recompute-sweep")
+
+
+def scoring_section(path: Path, result: dict) -> list[str]:
+    rows, notes = [], []
+    by_label: dict[str, list[dict]] = {}
+    for row in result["rows"]:
+        by_label.setdefault(row["label"], []).append(row)
+    for label, group in by_label.items():
+        for r in group:
+            if "error" in r:
+                rows.append([label, r["provider"], "failed: " + r["error"].splitlines()[-1][:80]])
+                continue
+            rows.append([
+                label, r["provider"], r["dtype"], r.get("triples", 1), r["seconds"], r["queries_per_s"],
+                r["effective_tflop_per_s"], r["effective_gb_per_s"], 100 * r["roofline_fraction"],
+                r["recall"]["R@1"], r["recall"]["R@50"],
+            ])
+        notes += _comparisons(label, [r for r in group if "error" not in r])
+    layout = "rows one after another in one process" if result.get("jobs_in_process") else "each row its own process"
+    return [
+        *section_header(
+            f"Scoring: fused rank counts and top-K against peers, {result['hardware'].get('device', 'cpu')}",
+            result, path, remark=f"plan `{result['plan']}`",
+            lines=[f"- {layout}; time of the scoring call alone (best of the repeats); data: unit "
+                   "vectors, each query its target plus noise, one other item excluded per query (as CIRR's "
+                   "reference); roofline % = T_min / time with T_min = max(2QGD / peak, bytes / bandwidth)"]),
+        tabulate(rows, headers=["problem", "provider", "dtype", "triples", "seconds", "queries/s",
+                                "eff. TFLOP/s", "eff. GB/s", "roofline %", "R@1", "R@50"],
+                 tablefmt="github", floatfmt=".4g"),
+        "",
+        *notes,
+        "",
+    ]
+
+
+def _comparisons(label: str, group: list[dict]) -> list[str]:
+    ours = [r for r in group if r["provider"] not in PEERS]
+    lines = []
+    for peer in (r for r in group if r["provider"] in PEERS):
+        for mine in ours:
+            same = mine["recall"] == peer["recall"]
+            lines.append(
+                f"- {label}: {mine['provider']} {peer['seconds'] / mine['seconds']:.2f}x the speed of "
+                f"{peer['provider']} ({mine['seconds']:.3g} s vs {peer['seconds']:.3g} s); Recall@K "
+                f"{'identical' if same else 'DIFFERENT'}"
+            )
+    return lines
