@@ -43,8 +43,14 @@ class ComposerBase:
     model: torch.nn.Module
     preprocessing: ImagePreprocess
     tokenizer: PreTrainedTokenizerBase
-    max_text_len: int  # set per phase: 64 at evaluation, 35 in training (CoVR)
+    max_text_len: int  # set per phase: eval_max_text_len, or train_max_text_len while training
+    eval_max_text_len = EVAL_MAX_TEXT_LEN  # CoVR: 64 tokens at evaluation
+    train_max_text_len = TRAIN_MAX_TEXT_LEN  # CoVR: 35 in training
     text_positions: int  # the text encoder's position table: a hard cap on length
+
+    def pooled_for_loss(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """What the training loss compares: the embeddings themselves (one vector each)."""
+        return embeddings
 
     @property
     def device(self) -> torch.device:

@@ -35,7 +35,6 @@ Original LAVIS files go through backbones/convert_blip2.py.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -48,27 +47,35 @@ from transformers import (
 )
 
 from backbones.base import LoadOptions, register_backbone
-from backbones.blip import ComposerBase, bert_tokenizer_with_dec
+from backbones.blip import ComposerBase
+from backbones.blip2_files import FILE_KINDS, load_blip2_model, load_original_file
 from backbones.blip_tiny import tiny_tokenizer
-from backbones.checkpoint_files import read_weights_only
 from backbones.checkpoints import (
-    DEFAULT_TOKENIZER,
     checkpoint_sha256,
     format_for_file,
     preflight_problems,
     resolve,
 )
-from backbones.convert_blip2 import lavis_blip2_to_transformers, lavis_coco_config
-from backbones.integrity import from_pretrained_strict
 from backbones.preprocess import ImagePreprocess
 from harness.core.errors import HarnessError
 
-EVAL_MAX_TEXT_LEN = 64  # CoVR-2 evaluates with max_length 64 (trains with max_txt_len 32)
+EVAL_MAX_TEXT_LEN = 64  # CoVR-2 evaluates with max_length 64 (src/test/blip2/cirr.py)
+TRAIN_MAX_TEXT_LEN = 32  # and trains with max_txt_len 32 (src/model/blip2/blip2_cir.py)
 Composed = Literal["query_tokens", "text_cls"]
 
 
 class Blip2Composer(ComposerBase):
     multi_vector = True  # gallery embeddings are (N, num_query_tokens, D)
+    # CoVR-2 trains against target features computed once with the model it starts from
+    # (its embedding files), although the query tokens that produce them are trained.
+    fixed_training_targets = True
+    eval_max_text_len = EVAL_MAX_TEXT_LEN
+    train_max_text_len = TRAIN_MAX_TEXT_LEN
+
+    def pooled_for_loss(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """CoVR-2's training (blip2_cir.py) compares token means: the per-token normalised
+        (N, T, D) query and target tokens averaged over T, not re-normalised."""
+        return embeddings.mean(dim=1) if embeddings.dim() == 3 else embeddings
 
     def __init__(
         self,
@@ -269,39 +276,12 @@ def build_tiny_blip2(seed: int = 0, num_query_tokens: int = 8) -> Blip2Composer:
     )
 
 
-def load_blip2_model(source: str) -> Blip2ForImageTextRetrieval:
-    """from_pretrained with the Q-Former text path switched on. Older hub configs spell it
-    `qformer_text_input`, which transformers 5 ignores: the text weights would then be
-    dropped silently. Any weight the checkpoint lacks (or holds beyond the model's) is an
-    error naming it, not a random init (backbones/integrity.py)."""
-    config = Blip2Config.from_pretrained(source)
-    config.qformer_config.use_qformer_text_input = True
-    return from_pretrained_strict(Blip2ForImageTextRetrieval, source, config=config)
-
-
-def load_lavis_file(path: str, options: LoadOptions) -> tuple[Blip2ForImageTextRetrieval, PreTrainedTokenizerBase]:
-    """A LAVIS BLIP-2 .pth (weights only): the architecture is blip2_finetune_coco's
-    (or --model-config), the tokenizer bert-base-uncased + [DEC] (or --tokenizer)."""
-    config = Blip2Config.from_json_file(options.model_config) if options.model_config else lavis_coco_config()
-    config.qformer_config.use_qformer_text_input = True
-    original = read_weights_only(Path(path), "lavis")
-    try:
-        state_dict, _dropped = lavis_blip2_to_transformers(original, config)
-    except ValueError as error:
-        raise HarnessError(f"{path}: {error}") from error
-    model = Blip2ForImageTextRetrieval(config)
-    model.load_state_dict(state_dict, strict=True)
-    return model, bert_tokenizer_with_dec(options.tokenizer or DEFAULT_TOKENIZER)
-
-
-FILE_KINDS = {".pth": "lavis"}
-
-
 @register_backbone("blip2")
 class Blip2Backbone:
     """A transformers directory or hub id (default: Salesforce/blip2-itm-vit-g-coco, the
-    port of LAVIS' blip2_finetune_coco.pth, CoVR-2's starting point, 364 px), or a LAVIS
-    .pth file (format "lavis"), converted on load by backbones/convert_blip2.py."""
+    port of LAVIS' blip2_finetune_coco.pth, CoVR-2's starting point, 364 px), a LAVIS
+    .pth file (format "lavis") or CoVR-2's Lightning .ckpt (format "covr2"), converted on
+    load (backbones/blip2_files.py)."""
 
     name = "blip2"
     default_checkpoint = "Salesforce/blip2-itm-vit-g-coco"
@@ -316,8 +296,7 @@ class Blip2Backbone:
     def load(cls, options: LoadOptions, device: torch.device) -> Blip2Composer:
         resolved = resolve(options.checkpoint, cls.default_checkpoint, cls.name)
         if resolved.kind == "file":
-            cls._file_format(resolved.source, options)
-            model, tokenizer = load_lavis_file(resolved.source, options)
+            model, tokenizer = load_original_file(resolved.source, cls._file_format(resolved.source, options), options)
         else:
             model = load_blip2_model(resolved.source)
             tokenizer = AutoTokenizer.from_pretrained(resolved.source)
@@ -332,6 +311,7 @@ class Blip2Backbone:
     @classmethod
     def _file_format(cls, path: str, options: LoadOptions) -> str:
         fmt = format_for_file(path, options.checkpoint_format, FILE_KINDS, cls.name)
-        if fmt != "lavis":
-            raise HarnessError(f"{cls.name} converts LAVIS BLIP-2 checkpoints (format 'lavis'), not {fmt!r}")
+        if fmt not in FILE_KINDS.values():
+            raise HarnessError(f"{cls.name} converts LAVIS BLIP-2 (.pth, format 'lavis') and CoVR-2 "
+                               f"(.ckpt, format 'covr2') checkpoints, not {fmt!r}")
         return fmt

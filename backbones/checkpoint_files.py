@@ -38,7 +38,7 @@ from harness.core.errors import HarnessError
 FORMATS = ("blip", "covr")
 
 # CoVR's learning-rate schedules, pickled whole inside its .ckpt files.
-_COVR_SCHEDULE_CLASSES = ("src.tools.scheduler.CosineSchedule", "src.tools.scheduler.StepSchedule")
+COVR_SCHEDULE_CLASSES = ("src.tools.scheduler.CosineSchedule", "src.tools.scheduler.StepSchedule")
 
 
 class InertRecord:
@@ -59,7 +59,7 @@ def load_original_state_dict(path: str | Path, fmt: str) -> dict[str, Tensor]:
     check_format(fmt)
     path = Path(path)
     if fmt == "covr":
-        checkpoint = read_weights_only(path, fmt, inert_classes=_COVR_SCHEDULE_CLASSES)
+        checkpoint = read_weights_only(path, fmt, inert_classes=COVR_SCHEDULE_CLASSES)
         weights = _covr_weights(checkpoint, path)
     else:
         checkpoint = read_weights_only(path, fmt)
@@ -102,7 +102,7 @@ def _refused_message(path: Path, fmt: str, names: list[str]) -> str:
         f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
         "torch.save({'model': c['model']}, 'weights.pth')\""
     )
-    if fmt != "covr" and any(name in _COVR_SCHEDULE_CLASSES for name in names):
+    if fmt != "covr" and any(name in COVR_SCHEDULE_CLASSES for name in names):
         message += "\nThe file looks like a CoVR .ckpt: was the format meant to be 'covr'?"
     return message
 

@@ -97,14 +97,15 @@ def _rename(key: str) -> str | None:
 
 
 def lavis_blip2_to_transformers(
-    original: dict[str, torch.Tensor], config: Blip2Config
+    original: dict[str, torch.Tensor], config: Blip2Config, not_stored: tuple[str, ...] = ()
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Convert a LAVIS BLIP-2 (Blip2Qformer / blip2_feature_extractor) state dict.
 
     `original` is the checkpoint's state dict (or the checkpoint itself, with the state dict
     under "model"). Returns (state_dict for Blip2ForImageTextRetrieval(config), dropped LAVIS
     keys). Raises ValueError on a key it does not know, a missing weight or a shape that
-    does not fit the config: nothing is dropped or filled in silently."""
+    does not fit the config: nothing is dropped or filled in silently. `not_stored` names
+    model keys the format never holds (CoVR-2's .ckpt has no ITM head): they may be missing."""
     if "model" in original and isinstance(original["model"], dict):
         original = original["model"]
     converted: dict[str, torch.Tensor] = {}
@@ -138,7 +139,7 @@ def lavis_blip2_to_transformers(
 
     with torch.device("meta"):
         expected = Blip2ForImageTextRetrieval(config).state_dict()
-    missing = sorted(expected.keys() - converted.keys())
+    missing = sorted(expected.keys() - converted.keys() - set(not_stored))
     extra = sorted(converted.keys() - expected.keys())
     wrong = sorted(k for k in expected.keys() & converted.keys()
                    if tuple(expected[k].shape) != tuple(converted[k].shape))

@@ -23,19 +23,26 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from harness.core import provenance
 from harness.core.atomic import write_json
 
 OUT = Path("results/recipe_sweep")
-# name: flags on top of `python -m harness.run --no-cache`
+# name: flags on top of `python -m harness.run --no-cache --recipe tiny-v1`. The runs in
+# results/recipe_sweep/ were made at commit 1c1dd7d, when `tiny` was what `tiny-v1` is now,
+# without the --recipe flag; each results file records its whole config.
+BASE = ["--recipe", "tiny-v1"]
 CONFIGURATIONS = {
-    "old-tiny": [],  # the recipe before this sweep: HN-NCE, batch 64, lr 1e-3, 3 epochs
-    "hnnce-6ep": ["--epochs", "6"],
-    "infonce-b64-lr1e-3": ["--hnnce-beta", "0", "--epochs", "6"],
-    "infonce-b128-lr5e-4": ["--hnnce-beta", "0", "--batch-size", "128", "--lr", "5e-4", "--warmup-steps", "30",
-                            "--epochs", "6"],
-    "infonce-b64-lr5e-4-warm300": ["--hnnce-beta", "0", "--lr", "5e-4", "--warmup-steps", "300", "--epochs", "6"],
-    "infonce-b128-lr1e-3-warm200": ["--hnnce-beta", "0", "--batch-size", "128", "--warmup-steps", "200",
+    "old-tiny": [*BASE],  # the recipe before this sweep: HN-NCE, batch 64, lr 1e-3, 3 epochs
+    "hnnce-6ep": [*BASE, "--epochs", "6"],
+    "infonce-b64-lr1e-3": [*BASE, "--hnnce-beta", "0", "--epochs", "6"],
+    "infonce-b128-lr5e-4": [*BASE, "--hnnce-beta", "0", "--batch-size", "128", "--lr", "5e-4", "--warmup-steps",
+                            "30", "--epochs", "6"],
+    # chosen: the `tiny` recipe (harness/training/recipes.py)
+    "infonce-b64-lr5e-4-warm300": [*BASE, "--hnnce-beta", "0", "--lr", "5e-4", "--warmup-steps", "300",
+                                   "--epochs", "6"],
+    "infonce-b128-lr1e-3-warm200": [*BASE, "--hnnce-beta", "0", "--batch-size", "128", "--warmup-steps", "200",
                                     "--epochs", "6"],
 }
 
@@ -78,7 +85,7 @@ def summary() -> dict:
                       "composed R@1 sd": statistics.stdev(values) if len(values) > 1 else None,
                       "composed R@1 min": min(values) if values else None}
     return {"kind": "recipe_sweep", "date": provenance.now(), "configurations": rows,
-            "hardware": provenance.hardware(__import__("torch").device("cpu"))}
+            "hardware": provenance.hardware(torch.device("cpu"))}
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Rerun every result in results/reference, in order, then rebuild BENCHMARKS.md.
 
-    python -m benches.regenerate_reference            # about 45 minutes on 2 CPU cores
+    python -m benches.regenerate_reference            # about an hour on 2 CPU cores
     python -m benches.regenerate_reference --list     # the commands, run nothing
 
 Run it from a clean commit (every result records the commit and `dirty`; the
@@ -21,6 +21,7 @@ import sys
 import time
 
 from harness.config import RunConfig
+from harness.over_seeds import argv_for_seed
 from harness.run import build_parser
 
 OUT = "results/reference"
@@ -33,37 +34,48 @@ def run_stem(arguments: list[str]) -> str:
     return f"{config.suite}_{config.split}_{config.backbone}_{config.config_id()}"
 
 
+def seeds_file(arguments: list[str], seeds: list[int]) -> str:
+    """The file `python -m harness.run ARGUMENTS --seeds SEEDS` writes over the seeds (harness/over_seeds.py)."""
+    config = RunConfig.from_cli(build_parser().parse_args(arguments))
+    return f"{OUT}/{config.suite}_{config.split}_{config.backbone}_{config.seedless_hash()[:8]}_seeds-" \
+        + "-".join(map(str, seeds)) + ".json"
+
+
+FIVE = [0, 1, 2, 3, 4]
+THREE = [0, 1, 2]
 DEFAULT = RUN[1:]
-DEFAULT_CHECKPOINT = f"{OUT}/checkpoints/{run_stem(DEFAULT)}"
-# Batch 16 against 256 from random weights (the seed presentation's finding in miniature).
-SMALL_BATCH = ["--threads", "1", "--max-train-queries", "8000"]
+DEFAULT_CHECKPOINT = f"{OUT}/checkpoints/{run_stem(DEFAULT)}"  # seed 0's
+# CoVR's recipe (frozen vision side, HN-NCE, lr 1e-4) from the default checkpoint: the seed
+# presentation's batch-size finding in miniature.
 FROM_DEFAULT = ["--checkpoint", DEFAULT_CHECKPOINT, "--train", "--recipe", "covr", "--deepspeed", "none",
                 "--epochs", "1", "--max-train-queries", "8000", "--threads", "2"]
+BATCH_16 = [*FROM_DEFAULT, "--batch-size", "16"]
+BATCH_256 = [*FROM_DEFAULT, "--batch-size", "256", "--grad-cache-chunk", "64"]
+
+
+def with_seeds(arguments: list[str], seeds: list[int]) -> list[str]:
+    return [*RUN, *arguments, "--seeds", *map(str, seeds)]
+
 
 # (what, module and arguments), in the order they run: the default run first (later jobs
-# start from its checkpoint), then the timings while the machine has nothing else to
-# do, then the other training runs (their metrics do not depend on the load)
+# start from its seed-0 checkpoint), then the timings while the machine has nothing else
+# to do, then the other runs (their metrics do not depend on the load)
 JOBS: list[tuple[str, list[str]]] = [
-    ("the default run (blip-tiny trained on shapes), seed 0", RUN),
-    ("the default run, seed 1", [*RUN, "--seed", "1"]),
-    ("the default run, seed 2", [*RUN, "--seed", "2"]),
+    ("the default run (blip-tiny trained on shapes), seeds 0-4", with_seeds([], FIVE)),
+    ("the recipe before (tiny-v1), seeds 0-4", with_seeds(["--recipe", "tiny-v1"], FIVE)),
+    ("training-step profile", ["benches.train_profile", "--out", OUT]),
     ("scoring against peers, CPU plan", ["benches.scoring_suite", "--plan", "cpu", "--out", f"{OUT}/scoring_cpu.json"]),
     ("the mixing sweep at CIRR size", ["harness.mix_timing", "--checkpoint", DEFAULT_CHECKPOINT, "--repeats", "3",
                                        "--threads", "2", "--out", f"{OUT}/mix_timing_cirr_val_cpu.json"]),
     ("real-size embedding throughput", ["harness.throughput", "--out", f"{OUT}/throughput_cpu.json",
                                         "--precision", "fp32", "--batch-size", "2", "--repeats", "2"]),
-    ("the default run with every mixing mode", [*RUN, "--mix", "sweep", "learn", "median", "max"]),
-    ("from random weights, batch 16", [*RUN, *SMALL_BATCH, "--batch-size", "16", "--lr", "5e-4",
-                                       "--warmup-steps", "150"]),
-    ("from random weights, batch 256", [*RUN, *SMALL_BATCH, "--batch-size", "256", "--lr", "2e-3",
-                                        "--warmup-steps", "10"]),
-    ("from random weights, batch 256 through gradient caching",
-     [*RUN, *SMALL_BATCH, "--batch-size", "256", "--grad-cache-chunk", "64", "--lr", "2e-3", "--warmup-steps", "10"]),
-    ("the same, lr 4e-3", [*RUN, *SMALL_BATCH, "--batch-size", "256", "--grad-cache-chunk", "64", "--lr", "4e-3",
-                           "--warmup-steps", "10"]),
-    ("CoVR's recipe from the default checkpoint, batch 16", [*RUN, *FROM_DEFAULT, "--batch-size", "16"]),
-    ("CoVR's recipe from the default checkpoint, batch 256 through gradient caching",
-     [*RUN, *FROM_DEFAULT, "--batch-size", "256", "--grad-cache-chunk", "64"]),
+    ("every mixing mode on the default checkpoint",
+     [*RUN, "--checkpoint", DEFAULT_CHECKPOINT, "--no-train", "--mix", "sweep", "learn", "median", "max"]),
+    ("CoVR's recipe from the default checkpoint, batch 16, seeds 0-2", with_seeds(BATCH_16, THREE)),
+    ("the same, batch 256 through gradient caching, seeds 0-2", with_seeds(BATCH_256, THREE)),
+    ("batch 256 against batch 16, paired over the same queries",
+     ["harness.compare", seeds_file(BATCH_256, THREE), seeds_file(BATCH_16, THREE),
+      "--out", f"{OUT}/comparison_batch256_vs_batch16.json"]),
 ]
 REPORT = ["harness.report", OUT, "--out", "BENCHMARKS.md"]
 
@@ -71,6 +83,15 @@ REPORT = ["harness.report", OUT, "--out", "BENCHMARKS.md"]
 def recorded_command(job: list[str]) -> str:
     """The `command` a result file records for this job."""
     return f"python -m {job[0]} " + shlex.join(job[1:])
+
+
+def recorded_commands(job: list[str]) -> list[str]:
+    """Every `command` the result files of a job record: a --seeds run writes one
+    file per seed (its own --seed N command, harness/over_seeds.py) and the summary."""
+    if "--seeds" not in job:
+        return [recorded_command(job)]
+    seeds = [int(t) for t in job[job.index("--seeds") + 1:]]
+    return [recorded_command(job), *(recorded_command([job[0], *argv_for_seed(job[1:], s)]) for s in seeds)]
 
 
 def main(argv: list[str] | None = None) -> int:

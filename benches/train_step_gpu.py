@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from backbones.blip import TRAIN_MAX_TEXT_LEN
 from harness.core import distributed, provenance
 from harness.core.atomic import write_json
 from harness.core.precision import resolve_device, resolve_precision
@@ -77,7 +76,7 @@ def prepare(args, config: dict, device: torch.device, precision: str):
     bounds = chunk_bounds(batch, chunk)
     backbone = build_backbone(args.backbone, device)
     backbone.model.train()
-    backbone.max_text_len = TRAIN_MAX_TEXT_LEN
+    backbone.max_text_len = backbone.train_max_text_len
     trainable = backbone.trainable_parameters(False)
     ids = {id(p) for p in trainable}
     for p in backbone.model.parameters():
@@ -95,7 +94,7 @@ def prepare(args, config: dict, device: torch.device, precision: str):
 
     def embed(start: int, end: int):
         # ViT frozen: no graph, its tokens kept between the cached step's passes (as training does)
-        tokens = frozen_tokens(backbone, pixels[start:end], kept_tokens, (start, end))
+        tokens = frozen_tokens(backbone.image_tokens, pixels[start:end], kept_tokens, (start, end))
         return backbone.query_embedding_from_tokens(tokens, captions[start:end]).float(), targets[start:end]
 
     def step():

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from backbones.base import LoadOptions
 from harness.core.errors import HarnessError
+from harness.core.precision import PRECISIONS
 from harness.evaluation.protocols.base import ScoringRules
 from harness.mixing.modes import MixSettings, parse_modes
 from harness.training.losses import LOSSES
 from harness.training.recipes import RECIPES, SCHEDULES, default_recipe
 from harness.training.settings import TrainSettings
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _TINY = RECIPES["tiny"]
 
 
@@ -64,6 +64,10 @@ class RunConfig:
     cache: bool = True  # reuse / store split embeddings in $COIR_BENCH_CACHE/embeddings
     convention: str = "covr"
     tie_rule: str = "pessimistic"
+    caption_cleaning: str = "covr"  # harness/suites/captions.py: CoVR's pre_caption, or "none"
+    gallery: str = "split"  # "split": the split file's images (official); "folder": every image of its folder
+    gallery_model: str = "auto"  # whose features the gallery is scored with (harness/evaluation/fixed_gallery.py)
+    save_embeddings: bool = False  # also write <run>.embeddings.safetensors (harness/score.py's format)
     # mixed embeddings (harness/mixing/core.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
     mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
@@ -124,8 +128,9 @@ class RunConfig:
         return ScoringRules(convention=self.convention, tie_rule=self.tie_rule)
 
     def seedless_hash(self) -> str:
-        """`hash` with the seed set aside: the same for every seed of one recipe."""
-        return dataclasses.replace(self, seed=0).hash()
+        """`hash` with the seed set aside: the same for every seed of one recipe (and
+        unlike any one seed's)."""
+        return dataclasses.replace(self, seed=None).hash()
 
     def load_options(self) -> LoadOptions:
         return LoadOptions(self.checkpoint, self.checkpoint_format, self.tokenizer, self.model_config, self.seed)
@@ -149,7 +154,7 @@ class RunConfig:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
-NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume")
+NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_embeddings")
 # Fields added after results were published: omitted from the hash at these values.
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000}

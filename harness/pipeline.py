@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shlex
 import sys
@@ -17,20 +18,23 @@ from backbones import BACKBONES
 from backbones.checkpoints import directory_sha256
 from harness.config import RunConfig
 from harness.core import distributed, provenance
-from harness.core.atomic import write_json, write_text
 from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
 from harness.core.precision import resolve_device, resolve_precision
 from harness.core.progress import say
 from harness.evaluation.embed import SplitEmbeddings, embed_split
 from harness.evaluation.embedding_cache import cached_embed
+from harness.evaluation.fingerprint import fingerprint, model_fields
+from harness.evaluation.fixed_gallery import BEFORE_TRAINING, LOADED, gallery_rule, with_gallery_of
+from harness.evaluation.fixed_gallery import describe as describe_gallery
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
 from harness.evaluation.protocols import PROTOCOLS
 from harness.mixing import modes
 from harness.mixing.step import mix_step
-from harness.reports.run import result_markdown
+from harness.outputs import result_fields, score, write_outputs
 from harness.suites import SUITES, SplitData
-from harness.suites.cirr_layout import check_images
+from harness.suites.captions import CLEANINGS, cleaned
+from harness.suites.cirr_layout import GALLERIES, check_images, folder_gallery
 from harness.training.loop import fine_tune
 
 
@@ -46,6 +50,10 @@ def preflight(config: RunConfig):
         raise HarnessError(f"--convention must be one of {', '.join(CONVENTIONS)}")
     if config.tie_rule not in TIE_RULES:
         raise HarnessError(f"--tie-rule must be one of {', '.join(TIE_RULES)}")
+    if config.caption_cleaning not in CLEANINGS:
+        raise HarnessError(f"--caption-cleaning must be one of {', '.join(CLEANINGS)}")
+    if config.gallery not in GALLERIES:
+        raise HarnessError(f"--gallery must be one of {', '.join(GALLERIES)}")
     backbone_entry = BACKBONES.get(config.backbone)
     suite_cls = SUITES.get(config.suite)
     problems: list[str] = []
@@ -83,13 +91,19 @@ class Model:
 
 
 def load_splits(config: RunConfig, suite) -> tuple[SplitData, SplitData | None]:
-    """The evaluated split and the training split (if --train), every image they use checked."""
+    """The evaluated split (its gallery as --gallery says) and the training split (if
+    --train), captions cleaned as --caption-cleaning says, every image they use checked."""
     data = suite.load(config.split)
+    if config.gallery == "folder":
+        if getattr(suite, "scoring", "") != "cirr":
+            raise HarnessError(f"--gallery folder is defined for CIRR-layout suites (cirr, shapes), not {config.suite}")
+        data = folder_gallery(data)
+    data = cleaned(data, config.caption_cleaning)
     check_images(data, list(dict.fromkeys([*data.gallery, *(q.reference for q in data.queries)])))
     if not config.train:
         return data, None
     # A suite without a train split of its own (CIRCO) says what to train on instead.
-    train_data = getattr(suite, "load_training", suite.load)(config.train_split)
+    train_data = cleaned(getattr(suite, "load_training", suite.load)(config.train_split), config.caption_cleaning)
     used = [i for q in train_data.queries if q.target for i in (q.reference, q.target)]
     check_images(train_data, list(dict.fromkeys(used)))
     return data, train_data
@@ -111,6 +125,40 @@ def train(config: RunConfig, model: Model, train_data: SplitData, data: SplitDat
     return training
 
 
+def fine_tune_and_embed(config: RunConfig, model: Model, data: SplitData, train_data: SplitData | None,
+                        backbone_entry, checkpoint_dir: Path):
+    """(embeddings, the "training" block, the gallery model's record): fine-tune if
+    asked, embed the split, the gallery side from the model `--gallery-model` names
+    (harness/evaluation/fixed_gallery.py)."""
+    backbone = model.backbone
+    rule = gallery_rule(config.gallery_model, backbone, train_data is not None, config.checkpoint,
+                        config.checkpoint_format, getattr(backbone_entry, "default_checkpoint", None))
+    gallery = None
+    record = describe_gallery(rule, backbone.checkpoint_id, backbone.checkpoint_sha256)
+    if rule == BEFORE_TRAINING:
+        gallery = model.embed(data)
+    training = train(config, model, train_data, data, checkpoint_dir) if train_data else None
+    embeddings = model.embed(data)
+    if rule not in (LOADED, BEFORE_TRAINING):
+        say(f"gallery features from {rule} (--gallery-model)")
+        options = dataclasses.replace(config.load_options(), checkpoint=rule, checkpoint_format=None)
+        other = Model(backbone_entry.load(options, model.device), model.device, model.precision, model.batch_size,
+                      model.cache)
+        gallery = other.embed(data)
+        record = describe_gallery(rule, other.backbone.checkpoint_id, other.backbone.checkpoint_sha256)
+    if rule == LOADED:  # after training: the fine-tuned checkpoint
+        record = describe_gallery(rule, backbone.checkpoint_id, backbone.checkpoint_sha256)
+    if embeddings is not None and gallery is not None:
+        embeddings = with_gallery_of(embeddings, gallery)
+    return embeddings, training, record
+
+
+def result_stem(config: RunConfig, seedless: bool = False) -> str:
+    """The results file's name without suffix (`seedless`: the name over all seeds)."""
+    identity = config.seedless_hash()[:8] if seedless else config.config_id()
+    return f"{config.suite}_{config.split}_{config.backbone}_{identity}"
+
+
 def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     started = time.perf_counter()
     if config.threads:
@@ -130,25 +178,23 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     if config.mix:  # refuse what mixing does not cover, before any work
         modes.check(config.mixing(), suite, data, model.backbone)
     out_dir = Path(config.out)
-    stem = f"{config.suite}_{config.split}_{config.backbone}_{config.config_id()}"
-    training = train(config, model, train_data, data, out_dir / "checkpoints" / stem) if train_data else None
-    embeddings = model.embed(data)
+    stem = result_stem(config)
+    embeddings, training, gallery_model = fine_tune_and_embed(config, model, data, train_data, backbone_entry,
+                                                              out_dir / "checkpoints" / stem)
     if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
         return None
     protocol = PROTOCOLS.get(suite.scoring)  # how this suite is scored (harness/evaluation/protocols)
-    scored = {"metrics": None, "server_files": None}
-    if data.has_targets:
-        scored["metrics"] = protocol.evaluate(data, embeddings, config.scoring_rules())
-    else:
-        scored["server_files"] = protocol.write_server_files(data, embeddings, out_dir, stem)
+    scored = score(protocol, data, embeddings, config.scoring_rules(), out_dir, stem)
+    if config.save_embeddings:
+        from harness.score import save_embeddings
+
+        pair_ids = [q.pair_id for q in data.queries]
+        say(f"embeddings: {save_embeddings(out_dir / f'{stem}.embeddings.safetensors', embeddings, pair_ids)}")
+    scored["gallery_model"] = gallery_model
     if config.mix:
         scored["mixing"] = mix_step(config.mixing(), suite, data, embeddings, model.embed, out_dir, stem)
     result = record(config, argv, data, protocol, model, scored, training, embeddings.timings, started)
-    result_path = write_json(out_dir / f"{stem}.json", result)
-    table = result_markdown(result)
-    write_text(result_path.with_suffix(".md"), table)
-    print(table)
-    say(f"results: {result_path}")
+    write_outputs(result, scored.get("records", []), data, out_dir, stem)
     return result
 
 
@@ -156,6 +202,7 @@ def record(config: RunConfig, argv, data: SplitData, protocol, model: Model, sco
            training: dict | None, embedding_timings: dict, started: float) -> dict:
     """The results file: what was computed, how (config, protocol, seed), and where."""
     backbone = model.backbone
+    described = protocol.describe(data, config.scoring_rules())
     return {
         "schema": 1,
         "date": provenance.now(),
@@ -169,7 +216,12 @@ def record(config: RunConfig, argv, data: SplitData, protocol, model: Model, sco
             "split": config.split,
             "queries": len(data.queries),
             "gallery_images": len(data.gallery),
-            **protocol.describe(data, config.scoring_rules()),
+            **described,
+            "caption_cleaning": data.provenance.get("caption_cleaning", "none"),
+            "gallery": data.provenance.get("gallery", "split file"),
+            "gallery_model": scored["gallery_model"],
+            "fingerprint": fingerprint(data, described, model_fields(backbone), model.precision,
+                                       scored["gallery_model"]),
         },
         "backbone": {
             "name": config.backbone,
@@ -179,9 +231,7 @@ def record(config: RunConfig, argv, data: SplitData, protocol, model: Model, sco
             "image_size": backbone.image_size,
             "parameters": sum(p.numel() for p in backbone.model.parameters()),
         },
-        "metrics": scored["metrics"],
-        **({"mixing": scored["mixing"]} if scored.get("mixing") else {}),
-        "server_files": scored["server_files"],
+        **result_fields(scored),
         "training": training,
         "data": data.provenance,
         "timings": {"embedding": embedding_timings, "total_seconds": time.perf_counter() - started},

@@ -11,16 +11,20 @@ import argparse
 import sys
 
 from backbones import BACKBONES
-from harness.config import PRECISIONS, RunConfig
+from harness.config import RunConfig
 from harness.core.errors import HarnessError
+from harness.core.precision import PRECISIONS
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
 from harness.suites import SUITES
+from harness.suites.captions import CLEANINGS
+from harness.suites.cirr_layout import GALLERIES
 from harness.training.losses import LOSSES
 from harness.training.recipes import RECIPES, SCHEDULES
 
 EXAMPLES = """
 examples:
   python -m harness.run                                   # blip-tiny on shapes, trained then evaluated
+  python -m harness.run --seeds 0 1 2 3 4                 # the same over five seeds: mean ± sd, intervals
   python -m harness.run --backbone blip-large --suite cirr --data-root /data/CIRR
   python -m harness.run --backbone blip-base --suite cirr --data-root /data/CIRR --split test1
   python -m harness.run --backbone blip-tiny --checkpoint results/checkpoints/<run> --no-train
@@ -70,8 +74,13 @@ def _what_to_run(add) -> None:
     add("--model-config", help="config.json giving the architecture of an original checkpoint file")
     add("--out", default="results", help="folder for results JSON, tables, server files, checkpoints")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    add("--precision", choices=PRECISIONS, help="default: fp16 on CUDA, fp32 on CPU")
+    add("--precision", choices=PRECISIONS,
+        help="auto (fp32, as CoVR and CoVR-2 train and evaluate; the default), fp16 / bf16 (autocast, for "
+             "speed), lavis (BLIP-2's vision tower in fp16 as LAVIS evaluates it); fp16 and lavis need CUDA")
     add("--seed", type=int, default=0)
+    add("--seeds", type=int, nargs="+", metavar="SEED",
+        help="run the whole pipeline once per seed and write one results file over them "
+             "(every seed's metrics and intervals, mean ± sd); e.g. --seeds 0 1 2 3 4")
     add("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -112,6 +121,18 @@ def _evaluation(add) -> None:
         help="reuse embeddings of the same weights, preprocessing and data (default on)")
     add("--convention", choices=CONVENTIONS, help="CIRR scoring convention (default covr)")
     add("--tie-rule", choices=TIE_RULES, help="how equal scores rank (default pessimistic)")
+    add("--caption-cleaning", choices=CLEANINGS,
+        help="caption text before it reaches the model: covr (CoVR's pre_caption: lower-case, "
+             "punctuation to spaces, 30 words; the default) or none")
+    add("--gallery-model", metavar="auto|loaded|CHECKPOINT",
+        help="the model whose features the gallery is scored with: auto (default: BLIP-2 after fine-tuning "
+             "keeps its base model's gallery, as CoVR-2), loaded (the evaluated model), or a checkpoint")
+    add("--save-embeddings", action="store_true", default=None,
+        help="also write <run>.embeddings.safetensors: gallery, composed and baseline embeddings with their ids, "
+             "the format python -m harness.score reads")
+    add("--gallery", choices=GALLERIES,
+        help="split (the split file's images, the official protocol; default) or folder (every image of "
+             "the split's folder, as CoVR's val script); CIRR-layout suites")
 
 
 def _mixing(add) -> None:
@@ -134,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
 
     succeeded = False
     try:
-        run(RunConfig.from_cli(args), argv)
+        config = RunConfig.from_cli(args)
+        if args.seeds:
+            from harness.over_seeds import run_seeds
+
+            run_seeds(config, args.seeds, argv)
+        else:
+            run(config, argv)
         succeeded = True
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -54,3 +54,21 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--skip-slow"):
         config.option.markexpr = "not slow" if not config.option.markexpr else f"({config.option.markexpr}) and not slow"
+
+
+def random_model_run(root: Path, **config) -> dict:
+    """A run of blip-tiny at random weights (no training) on a small generated shapes
+    split (45 val queries, 12 test1), results under root/out; `config` overrides."""
+    from backbones.blip_tiny import build_random
+    from harness.config import RunConfig
+    from harness.pipeline import run
+    from harness.suites.shapes import ensure_dataset
+    from harness.suites.shapes_generator import ShapesSpec
+
+    ensure_dataset(root / "shapes", ShapesSpec(seed=2, image_size=32, sets={"train": 4, "val": 15, "test1": 6},
+                                               queries_per_set={"train": 2, "val": 3, "test1": 2}))
+    if not (root / "ckpt").exists():
+        build_random(seed=5).save(root / "ckpt")
+    settings = {"data_root": str(root / "shapes"), "checkpoint": str(root / "ckpt"), "train": False,
+                "cache": False, "out": str(root / "out"), **config}
+    return run(RunConfig.resolve(settings), argv=["(test run)"])

@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 
+import pytest
+
 from benches.scoring_suite import job_command, run_plan
 from tests.conftest import REPO
 
@@ -48,3 +50,15 @@ def test_a_served_job_times_each_call_it_is_sent():
         assert process.wait(timeout=60) == 0, process.stderr.read()
     assert [len(r["all_seconds"]) for r in replies] == [1, 2]
     assert replies[0]["recall"] == replies[1]["recall"] and replies[1]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_train_profile_writes_the_loop_and_every_optimizer(tmp_path):
+    from benches.train_profile import OPTIMIZERS, main
+    from harness.reports.benchmarks import benchmarks_markdown, load_results
+
+    assert main(["--out", str(tmp_path), "--steps", "2", "--warmup", "1", "--repeats", "2", "--threads", "1"]) == 0
+    result = json.loads((tmp_path / "train_profile_cpu.json").read_text())
+    assert result["loop"]["samples_per_second"] > 0 and result["command"].endswith("--threads 1")
+    assert [r["optimizer"] for r in result["optimizer_step"]] == list(OPTIMIZERS)
+    assert "Fine-tuning step profile" in benchmarks_markdown(load_results([tmp_path]))

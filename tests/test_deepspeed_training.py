@@ -96,3 +96,35 @@ def test_deepspeed_fp16_is_refused_on_cpu():
     with pytest.raises(HarnessError, match="fp16 needs a GPU"):
         DeepSpeedEngine(torch.nn.Linear(2, 2), [], "configs/deepspeed/zero2.json", "fp16", 1e-4, 0.0, 0.0,
                         8, 1, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_bf16_training_saves_the_fp32_master_weights(tmp_path):
+    """2 ranks, ZeRO-2, bf16: the saved trained weights are the optimizer's fp32 master
+    copy (most values not representable in bf16), the frozen ViT its fp32 start."""
+    root = tmp_path / "shapes"
+    ensure_dataset(root, SPEC)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COIR_BENCH_CACHE": str(tmp_path / "cache"), "DS_ACCELERATOR": "cpu"}
+    args = ["--data-root", str(root), "--no-cache", "--threads", "1", "--out", str(tmp_path / "two"),
+            "--recipe", "covr", "--train", "--deepspeed", "configs/deepspeed/zero2.json", "--precision", "bf16",
+            "--batch-size", "16", "--epochs", "1", "--lr", "1e-3", "--seed", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "harness.run",
+         *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [path] = list((tmp_path / "two").glob("*.json"))
+    saved = _weights(json.loads(path.read_text()))
+    from backbones.blip_tiny import build_random
+
+    start = build_random(seed=1).model.state_dict()
+    frozen = [k for k in saved if k.startswith(("vision_model.", "vision_proj."))]
+    trained = [k for k in saved if k.startswith(("text_encoder.", "text_proj.")) and "embeddings.position_ids" not in k]
+    assert frozen and trained
+    for key in frozen:
+        assert torch.equal(saved[key], start[key]), key  # not rounded to bf16 and back
+    values = torch.cat([saved[k].flatten() for k in trained])
+    in_bf16 = (values.view(torch.int32) & 0xFFFF) == 0  # the low 16 bits a bf16 copy lacks
+    assert in_bf16.float().mean() < 0.1, in_bf16.float().mean()
+    moved = torch.cat([(saved[k] - start[k]).flatten() for k in trained])
+    assert moved.abs().max() > 0

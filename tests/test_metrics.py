@@ -83,6 +83,10 @@ def test_conventions_differ_on_soft_labels():
     assert official["R@1"] == 50.0  # best soft label in the top 1 (g2) is 0.5
     assert official["R@5"] == 50.0  # the hard target carries no soft label: worth 0 there
     assert covr["Rsubset@1"] == official["Rsubset@1"] == 50.0
+    # CLIP4Cir: the hard target for both; within the subset it ranks after g2 and g3
+    clip4cir = metrics_for(row, 0, 1, soft=soft, convention="clip4cir")
+    assert clip4cir["R@5"] == covr["R@5"] == 100.0 and clip4cir["R@1"] == 0.0
+    assert clip4cir["Rsubset@1"] == 0.0 and clip4cir["Rsubset@3"] == 100.0
 
 
 def argsort_recalls(scores: np.ndarray, reference: np.ndarray, target: np.ndarray, ks):

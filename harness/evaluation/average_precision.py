@@ -54,6 +54,25 @@ def average_precision_at(positions: torch.Tensor, counts: torch.Tensor, k: int) 
     return precision.sum(1) / counts.clamp(min=1, max=k).double()
 
 
+def map_query_values(
+    query_emb: torch.Tensor,
+    gallery_emb: torch.Tensor,
+    positives: torch.Tensor,
+    counts: torch.Tensor,
+    exclude: torch.Tensor,
+    tie_rule: str = "pessimistic",
+    map_ks: Sequence[int] = MAP_KS,
+    recall_ks: Sequence[int] = RECALL_KS,
+) -> dict[str, torch.Tensor]:
+    """Each query's AP@K and target hit within K, (Q,) float64 (see `map_metrics`)."""
+    greater, equal, pos_scores = kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude)
+    positions = ground_truth_positions(greater, equal, pos_scores, tie_rule)
+    values = {f"mAP@{k}": average_precision_at(positions, counts, k) for k in map_ks}
+    target = positions[:, 0] if positions.shape[1] else torch.full((len(positions),), torch.iinfo(torch.long).max)
+    values.update({f"R@{k}": (target < k).double() for k in recall_ks})
+    return values
+
+
 def map_metrics(
     query_emb: torch.Tensor,
     gallery_emb: torch.Tensor,
@@ -71,11 +90,5 @@ def map_metrics(
     counts (Q,): each query's number of ground truths; exclude (Q,): the gallery
     index removed from each ranking (the reference), -1 for none.
     """
-    greater, equal, pos_scores = kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude)
-    positions = ground_truth_positions(greater, equal, pos_scores, tie_rule)
-    metrics = {
-        f"mAP@{k}": percent(average_precision_at(positions, counts, k)).item() for k in map_ks
-    }
-    target = positions[:, 0] if positions.shape[1] else torch.full((len(positions),), torch.iinfo(torch.long).max)
-    metrics.update({f"R@{k}": percent(target < k).item() for k in recall_ks})
-    return metrics
+    values = map_query_values(query_emb, gallery_emb, positives, counts, exclude, tie_rule, map_ks, recall_ks)
+    return {name: percent(v).item() for name, v in values.items()}

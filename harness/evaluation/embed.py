@@ -20,7 +20,7 @@ import torch
 
 from backbones.base import Backbone
 from harness.core import distributed
-from harness.core.precision import autocast
+from harness.core.precision import autocast, image_tokens
 from harness.core.progress import progress
 from harness.evaluation.partial_embeddings import PartialEmbeddings
 from harness.suites.base import SplitData
@@ -32,18 +32,26 @@ class SplitEmbeddings:
     gallery_ids: list[str]
     gallery: torch.Tensor  # (G, D), or (G, T, D) multi-vector: target / gallery embeddings
     composed: torch.Tensor  # (Q, D) f(q, t)
-    image: torch.Tensor  # (Q, ...) the reference image's embedding q (image-only baseline)
-    text: torch.Tensor  # (Q, D) the caption alone t (text-only baseline)
+    image: torch.Tensor | None  # (Q, ...) the reference image's embedding q (image-only baseline)
+    text: torch.Tensor | None  # (Q, D) the caption alone t (text-only baseline)
     timings: dict = field(default_factory=dict)
+    # (image and text are None only for embeddings made elsewhere without the baselines, harness/score.py)
 
 
 # Rows of every results table: the composed query and the two single-modality
 # baselines, each a SplitEmbeddings attribute.
+COMPOSED = "composed f(q,t)"
 METHODS = {
-    "composed f(q,t)": "composed",
+    COMPOSED: "composed",
     "image-only q": "image",
     "text-only t": "text",
 }
+
+
+def methods_of(emb: SplitEmbeddings) -> dict[str, str]:
+    """The results rows `emb` can fill: the composed query and the baselines it holds."""
+    return {method: attr for method, attr in METHODS.items() if getattr(emb, attr) is not None}
+
 
 Pieces = dict[str, list[tuple[list[int], torch.Tensor]]]  # name -> [(rows, values)]
 
@@ -118,8 +126,8 @@ def _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank
         batch_ids = [image_ids[i] for i in rows]
         pixels = backbone.normalize(store.batch(batch_ids).to(device))
         batch: Pieces = defaultdict(list)
+        tokens = image_tokens(backbone, pixels, precision, device)
         with autocast(precision, device):
-            tokens = backbone.image_tokens(pixels)
             batch["image"].append((rows, backbone.image_embedding_from_tokens(tokens).float().cpu()))
             pairs = [(qi, local) for local, i in enumerate(batch_ids) for qi in by_reference.get(i, ())]
             for sub in range(0, len(pairs), batch_size):

@@ -43,7 +43,9 @@ def identity(backbone, data: SplitData, precision: str) -> dict:
         "suite": data.suite,
         "split": data.split,
         "caption_sha256": data.provenance.get("caption_sha256"),
+        "caption_cleaning": data.provenance.get("caption_cleaning", "none"),
         "split_sha256": data.provenance.get("split_sha256"),
+        "gallery": [data.provenance.get("gallery", "split file"), data.provenance.get("gallery_listing_sha256")],
         "suite_version": suite_version(data),
     }
 

@@ -10,8 +10,9 @@ in percent. With the hard target as the only positive (label 1) this is the usua
 
 Scoring conventions (they differ on real CIRR val: 37 hard targets are absent
 from target_soft and 3 carry a soft label of -1):
-- "covr" (default; CoVR and CLIP4Cir, the papers' numbers): Recall@K counts a hit
-  on target_hard; Recall_subset@K takes the best soft label among hits.
+- "covr" (default; CoVR's and CoVR-2's code, src/test/blip/cirr_val.py): Recall@K
+  counts a hit on target_hard; Recall_subset@K takes the best soft label among hits.
+- "clip4cir" (CLIP4Cir's compute_cirr_val_metrics): both count a hit on target_hard.
 - "cirplant" (the official CIRR evaluation): both take the best soft label among
   hits, negative labels counting 0.
 
@@ -31,7 +32,7 @@ import torch
 import kernels
 from harness.suites import Query
 
-CONVENTIONS = ("covr", "cirplant")
+CONVENTIONS = ("covr", "clip4cir", "cirplant")
 TIE_RULES = ("pessimistic", "optimistic")
 RECALL_KS = (1, 5, 10, 50)
 SUBSET_KS = (1, 2, 3)
@@ -81,6 +82,9 @@ def recalls(ranks: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> dic
     return {k: percent(values_at(ranks, labels, k)).item() for k in ks}
 
 
+Counts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # greater, equal, positive scores
+
+
 @dataclass(frozen=True)
 class QueryLabels:
     """Per-query positives as padded tensors, in gallery and in image-set coordinates."""
@@ -121,6 +125,34 @@ def build_labels(queries: Sequence[Query], gallery_index: dict[str, int]) -> Que
     return QueryLabels(reference, positives, hard, soft, members, member_positives)
 
 
+def cirr_counts(query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: QueryLabels) -> tuple[Counts, Counts]:
+    """(gallery counts, image-set counts) of every positive: what every CIRR metric
+    and rank is computed from."""
+    gallery_counts = kernels.target_rank_counts(
+        query_emb, gallery_emb, labels.positives, labels.reference
+    )
+    subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels)
+    subset_counts = kernels.reference.rank_counts_dense(
+        subset_scores, subset_valid, labels.member_positives
+    )
+    return gallery_counts, subset_counts
+
+
+def cirr_query_values(
+    query_emb: torch.Tensor,
+    gallery_emb: torch.Tensor,
+    labels: QueryLabels,
+    convention: str = "covr",
+    tie_rule: str = "pessimistic",
+) -> dict[str, torch.Tensor]:
+    """Each query's value (Q,) for every CIRR metric: a metric is 100 x their mean
+    (harness/evaluation/intervals.py resamples them)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    gallery_counts, subset_counts = cirr_counts(query_emb, gallery_emb, labels)
+    return query_values_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule)
+
+
 def cirr_metrics(
     query_emb: torch.Tensor,
     gallery_emb: torch.Tensor,
@@ -129,20 +161,45 @@ def cirr_metrics(
     tie_rule: str = "pessimistic",
 ) -> dict[str, float]:
     """R@{1,5,10,50}, Rsubset@{1,2,3} and Avg for composed (or baseline) queries."""
+    values = cirr_query_values(query_emb, gallery_emb, labels, convention, tie_rule)
+    return {name: v[0] for name, v in means(values).items()}
+
+
+def query_values_from_counts(
+    gallery_counts: Counts,
+    subset_counts: Counts,
+    labels: QueryLabels,
+    convention: str = "covr",
+    tie_rule: str = "pessimistic",
+) -> dict[str, torch.Tensor]:
+    """Each query's value for every CIRR metric, from given rank counts, without
+    scoring anything: {metric: (Q,) values}, or (W, Q) for W query variants.
+
+    `gallery_counts` are `kernels.target_rank_counts` over the gallery (positives
+    `labels.positives`, reference excluded); `subset_counts` are `rank_counts_dense`
+    within the image set (positives `labels.member_positives`). Each is (Q, P), or
+    (W, Q, P) for W query variants at once (the weight triples of a mixing sweep).
+    Avg's value is (R@5 + Rsubset@1) / 2 of the query.
+    """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    gallery_counts = kernels.target_rank_counts(
-        query_emb, gallery_emb, labels.positives, labels.reference
-    )
-    subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels)
-    subset_counts = kernels.reference.rank_counts_dense(
-        subset_scores, subset_valid, labels.member_positives
-    )
-    return {name: values[0] for name, values in
-            metrics_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule).items()}
+    recall_labels = labels.soft if convention == "cirplant" else labels.hard
+    subset_labels = labels.hard if convention == "clip4cir" else labels.soft
+    values = {
+        **{f"R@{k}": v for k, v in _variant_values(gallery_counts, recall_labels, tie_rule, RECALL_KS).items()},
+        **{f"Rsubset@{k}": v for k, v in _variant_values(subset_counts, subset_labels, tie_rule, SUBSET_KS).items()},
+    }
+    values["Avg"] = (values["R@5"] + values["Rsubset@1"]) / 2
+    return values
 
 
-Counts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # greater, equal, positive scores
+def means(values: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """{metric: [percent per variant]} from per-query values (Q,) or (W, Q); Avg is
+    the mean of the two percentages, as the papers compute it."""
+    out = {name: percent(v.reshape(-1, v.shape[-1]), dim=1).tolist() for name, v in values.items()}
+    if "Avg" in out:
+        out["Avg"] = [(a + b) / 2 for a, b in zip(out["R@5"], out["Rsubset@1"])]
+    return out
 
 
 def metrics_from_counts(
@@ -152,42 +209,25 @@ def metrics_from_counts(
     convention: str = "covr",
     tie_rule: str = "pessimistic",
 ) -> dict[str, list[float]]:
-    """Every CIRR metric from given rank counts, without scoring anything.
-
-    `gallery_counts` are `kernels.target_rank_counts` over the gallery (positives
-    `labels.positives`, reference excluded); `subset_counts` are `rank_counts_dense`
-    within the image set (positives `labels.member_positives`). Each is (Q, P), or
-    (W, Q, P) for W query variants at once (the weight triples of a mixing sweep).
-    Returns {metric: [value per variant]} (one value for (Q, P) counts).
-    """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    recall_labels = labels.hard if convention == "covr" else labels.soft
-    per_variant = {
-        **{f"R@{k}": v for k, v in _variant_recalls(gallery_counts, recall_labels, tie_rule, RECALL_KS).items()},
-        **{f"Rsubset@{k}": v for k, v in _variant_recalls(subset_counts, labels.soft, tie_rule, SUBSET_KS).items()},
-    }
-    per_variant["Avg"] = [(a + b) / 2 for a, b in zip(per_variant["R@5"], per_variant["Rsubset@1"])]
-    return per_variant
+    """Every CIRR metric from given rank counts (see `query_values_from_counts`):
+    {metric: [value per variant]} (one value for (Q, P) counts)."""
+    return means(query_values_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule))
 
 
-def _variant_recalls(
+def _variant_values(
     counts: Counts, labels: torch.Tensor, tie_rule: str, ks: Sequence[int]
-) -> dict[int, list[float]]:
-    """`recalls` for (Q, P) counts or each of W variants in (W, Q, P) counts: the
-    variants are stacked along the query axis, so every rule is applied as it is
-    for one set of queries."""
+) -> dict[int, torch.Tensor]:
+    """`values_at` for (Q, P) counts or each of W variants in (W, Q, P) counts, shaped
+    like the counts without P: the variants are stacked along the query axis, so every
+    rule is applied as it is for one set of queries."""
     greater, equal, pos_scores = counts
     variants = greater.shape[0] if greater.ndim == 3 else 1
     num_queries = labels.shape[0]
     flat = [c.reshape(variants * num_queries, c.shape[-1]) for c in (greater, equal, pos_scores)]
     stacked_labels = labels.repeat(variants, 1)
     ranks = ranks_with_ties(*flat, stacked_labels, tie_rule)
-    out = {}
-    for k in ks:
-        values = values_at(ranks, stacked_labels, k).reshape(variants, num_queries)
-        out[k] = percent(values, dim=1).tolist()
-    return out
+    shape = greater.shape[:-1]
+    return {k: values_at(ranks, stacked_labels, k).double().reshape(shape) for k in ks}
 
 
 def subset_scores_of(

@@ -1,29 +1,58 @@
-"""Published CIRR numbers the harness compares against (CIRR test1 unless said),
-kept as data with their source."""
+"""Published numbers the harness compares against (CIRR test1 unless said), kept as
+data with their source and, where it can be read from the paper's code, the
+protocol that produced them."""
 
 from __future__ import annotations
 
+# The protocol each paper's code used, field by field (harness/evaluation/fingerprint.py);
+# None: not stated. CoVR's: lucas-ventura/CoVR src/data/cirr.py (pre_caption, max_words=30),
+# configs/trainer/default.yaml (precision "32-true"), configs/data/cirr.yaml (384 px),
+# src/model/blip/blip_cir.py and src/test/blip/cirr.py (64 text tokens, the reference removed,
+# the gallery = every embedding of the test1 image folder); test1 numbers come from the
+# official server. CoVR-2 (BLIP-2): configs/model/blip2-coco.yaml (vit_precision "fp32"),
+# configs/model/ckpt/blip2-l-coco.yaml (364 px), src/test/blip2/cirr.py (max over token
+# pairs, gallery features of the base COCO model).
+_COVR_TEST1 = {"suite": "cirr", "split": "test1", "gallery": "folder test1/", "reference_removed": True,
+               "convention": "official server", "caption_cleaning": "covr", "text_length": 64, "image_size": 384,
+               "interpolation": "bicubic", "precision": "fp32", "similarity": "cosine (one vector each)"}
+_NOT_STATED = {"suite": "cirr", "split": "test1"}
+
 PAPER_CIRR = [
-    # row, R@1, R@5, R@10, R@50, source
-    ("BLIP-L, paper (seed table)", 49.16, 79.76, 88.65, 97.49, "seed presentation"),
-    ("BLIP-L, batch 16", 27.03, 67.42, 80.08, 95.07, "seed presentation"),
-    ("BLIP-B, batch 16", 21.84, 59.02, 73.60, 93.23, "seed presentation"),
-    ("BLIP-L COCO, fine-tuned on CIRR", 48.84, 78.05, 86.10, 94.19, "CoVR (old gallery)"),
-    ("CoVR-BLIP-2, fine-tuned on CIRR", 50.43, 81.08, 88.89, 98.05, "CoVR-2 as cited"),
+    {"row": "BLIP-L, paper (seed table)", "source": "seed presentation", "protocol": _NOT_STATED,
+     "metrics": {"R@1": 49.16, "R@5": 79.76, "R@10": 88.65, "R@50": 97.49}},
+    {"row": "BLIP-L, batch 16", "source": "seed presentation", "protocol": _NOT_STATED,
+     "metrics": {"R@1": 27.03, "R@5": 67.42, "R@10": 80.08, "R@50": 95.07}},
+    {"row": "BLIP-B, batch 16", "source": "seed presentation", "protocol": _NOT_STATED,
+     "metrics": {"R@1": 21.84, "R@5": 59.02, "R@10": 73.60, "R@50": 93.23}},
+    {"row": "BLIP-L COCO, fine-tuned on CIRR", "source": "CoVR (Ventura et al.), CIRR test1, old gallery",
+     "protocol": _COVR_TEST1, "metrics": {"R@1": 48.84, "R@5": 78.05, "R@10": 86.10, "R@50": 94.19}},
+    {"row": "CoVR BLIP-L, as in the paper", "source": "GuillaumeHJ/CoVR results/tables.md, CoVR#15",
+     "protocol": _COVR_TEST1, "metrics": {"R@1": 49.69, "R@5": 78.60, "R@10": 86.77, "R@50": 94.31}},
+    {"row": "CoVR BLIP-L, rerun after the test-gallery fix", "source": "GuillaumeHJ/CoVR results/tables.md",
+     "protocol": {**_COVR_TEST1, "gallery": "split file", "gallery_images": 2315},
+     "metrics": {"R@1": 50.04, "R@5": 80.96, "R@10": 89.33, "R@50": 97.64}},
+    {"row": "CoVR-BLIP-2, fine-tuned on CIRR", "source": "CoVR-2 as cited; not yet traced to a table",
+     "protocol": {**_COVR_TEST1, "image_size": 364,
+                  "similarity": "max over token pairs (BLIP-2 query tokens x gallery tokens)"},
+     "metrics": {"R@1": 50.43, "R@5": 81.08, "R@10": 88.89, "R@50": 98.05}},
 ]
 
 # FashionIQ val, Recall@K per category and the mean over the three; keys are the
 # harness's metric names (harness/evaluation/protocols/fashioniq.py). Missing = not reported.
+_COVR_FASHIONIQ = {"suite": "fashioniq", "split": "val", "gallery": "split file of each category",
+                   "reference_removed": True, "caption_cleaning": "covr", "text_length": 64, "image_size": 384,
+                   "interpolation": "bicubic", "precision": "fp32", "similarity": "cosine (one vector each)"}
 PAPER_FASHIONIQ = [
     {"row": "CoVR-BLIP, fine-tuned on FashionIQ", "source": "CoVR (Ventura et al.), FashionIQ val",
-     "metrics": {"dress R@10": 44.55, "dress R@50": 69.03, "shirt R@10": 48.43, "shirt R@50": 67.42,
+     "protocol": _COVR_FASHIONIQ, "metrics": {"dress R@10": 44.55, "dress R@50": 69.03, "shirt R@10": 48.43, "shirt R@50": 67.42,
                  "toptee R@10": 52.60, "toptee R@50": 74.31, "avg R@10": 48.53, "avg R@50": 70.25}},
     {"row": "CoVR-BLIP, zero-shot (WebVid-CoVR)", "source": "CoVR (Ventura et al.), FashionIQ val",
-     "metrics": {"avg R@10": 27.70, "avg R@50": 44.63}},
+     "protocol": _COVR_FASHIONIQ, "metrics": {"avg R@10": 27.70, "avg R@50": 44.63}},
 ]
 
 # CIRCO test (scored by its server), mAP@K (harness/evaluation/protocols/circo.py).
 PAPER_CIRCO = [
     {"row": "CoVR-BLIP, zero-shot (WebVid-CoVR)", "source": "CoVR (Ventura et al.), CIRCO test",
+     "protocol": {**_COVR_FASHIONIQ, "suite": "circo", "split": "test", "gallery": "image-info file (COCO 2017 unlabeled)"},
      "metrics": {"mAP@5": 21.43, "mAP@10": 22.33, "mAP@25": 24.47}},
 ]

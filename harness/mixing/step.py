@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from harness.core.provenance import describe_machine, hardware
-from harness.evaluation.metrics import CIRR_METRICS
+from harness.evaluation.intervals import DESCRIPTION, bootstrap, paired
+from harness.evaluation.metrics import CIRR_METRICS, means
 from harness.mixing.grid import RULES, aggregate, best_index, mix, simplex_grid
 from harness.mixing.learn import learn_weights
 from harness.mixing.modes import HELDOUT, MODES, MixSettings, parse_weights
 from harness.mixing.parts import Part, heldout_halves, make_part, subsample
-from harness.mixing.sweep import direct_metrics, sweep_metrics
+from harness.mixing.sweep import direct_metrics, direct_values, sweep_metrics
 from harness.suites.base import SplitData
 from harness.training.losses import contrastive_loss
 
@@ -36,17 +37,22 @@ def tuning_and_evaluation(settings: MixSettings, suite, data: SplitData, emb,
             make_part("evaluation", data, emb), "the whole split")
 
 
+F_ALONE = "f alone"  # the row every other row is paired with (added first)
+
+
 class MixingBlock:
     """The block being built: one row per method, each with its tuning and evaluation metrics."""
 
     def __init__(self, settings: MixSettings, tune: Part, tune_rule: str, evaluation: Part, eval_rule: str):
         self.settings, self.tune, self.evaluation = settings, tune, evaluation
+        self.f_alone: dict[str, torch.Tensor] | None = None  # per-query values the rows are paired with
         self.block: dict = {
             "modes": list(settings.modes),
             "tuning": tune.describe(tune_rule),
             "evaluation": evaluation.describe(eval_rule),
             "parts": {"w0": "image-only q", "w1": "text-only t", "w2": "composed f(q,t)"},
             "rows": [],
+            "intervals": f"on the evaluation set: {DESCRIPTION}; minus_f_alone is paired, on the same queries",
             "timings": {},
         }
 
@@ -55,12 +61,17 @@ class MixingBlock:
             return mix(part.parts, weights) if weights is not None else aggregate(part.parts, rule)
 
         rules = (self.settings.convention, self.settings.tie_rule)
+        values = direct_values(self.evaluation, query(self.evaluation), *rules)
+        if method == F_ALONE:
+            self.f_alone = values
         self.block["rows"].append({
             "method": method,
             "weights": None if weights is None else [round(float(w), 6) for w in weights],
             **extra,
             "tuning": direct_metrics(self.tune, query(self.tune), *rules),
-            "metrics": direct_metrics(self.evaluation, query(self.evaluation), *rules),
+            "metrics": {name: v[0] for name, v in means(values).items()},
+            "interval": bootstrap(values),
+            **({"minus_f_alone": paired(values, self.f_alone)} if self.f_alone is not None else {}),
         })
 
     def add_sweep(self) -> None:
@@ -96,7 +107,7 @@ def run_mixing(settings: MixSettings, suite, data: SplitData, emb, embed: Callab
     embeddings of another split, for --tune-split train."""
     started = time.perf_counter()
     mixing = MixingBlock(settings, *tuning_and_evaluation(settings, suite, data, emb, embed))
-    for method, weights in (("f alone", (0, 0, 1)), ("q alone", (1, 0, 0)), ("t alone", (0, 1, 0))):
+    for method, weights in ((F_ALONE, (0, 0, 1)), ("q alone", (1, 0, 0)), ("t alone", (0, 1, 0))):
         mixing.add_row(method, weights)
     if "sweep" in settings.modes:
         mixing.add_sweep()

@@ -9,7 +9,8 @@ import torch
 import kernels
 from harness.evaluation.metrics import (
     CIRR_METRICS,
-    cirr_metrics,
+    cirr_query_values,
+    means,
     metrics_from_counts,
     subset_scores_of,
 )
@@ -53,5 +54,10 @@ def sweep_metrics(part: Part, weights: torch.Tensor, convention: str, tie_rule: 
     return out
 
 
+def direct_values(part: Part, query: torch.Tensor, convention: str, tie_rule: str) -> dict[str, torch.Tensor]:
+    """Each query's value of every CIRR metric for one set of mixed queries."""
+    return cirr_query_values(query, part.gallery, part.labels, convention, tie_rule)
+
+
 def direct_metrics(part: Part, query: torch.Tensor, convention: str, tie_rule: str) -> dict[str, float]:
-    return cirr_metrics(query, part.gallery, part.labels, convention, tie_rule)
+    return {name: v[0] for name, v in means(direct_values(part, query, convention, tie_rule)).items()}

@@ -2,6 +2,7 @@
 over several seeds share one), the fine-tuning comparison and the papers' numbers.
 
     python -m harness.report results/reference --out BENCHMARKS.md
+    python -m harness.report results/ --html results/index.html   # and an HTML index of the runs
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from tabulate import tabulate
 
 from harness.core.atomic import write_text
 from harness.evaluation.paper import PAPER_CIRR
+from harness.reports.comparison import comparison_section
 from harness.reports.header import section_header
 from harness.reports.mixing import mix_timing_section
 from harness.reports.run import run_section
 from harness.reports.scoring import scoring_section
 from harness.reports.seeds import group_by_seed, spread_markdown
-from harness.reports.training import train_step_section, training_table
+from harness.reports.training import train_profile_section, train_step_section, training_table
 
 PREAMBLE = [
     "# Benchmarks",
@@ -33,11 +35,19 @@ PREAMBLE = [
 
 
 def paper_section() -> list[str]:
-    rows = [list(row) for row in PAPER_CIRR]
+    columns = ["R@1", "R@5", "R@10", "R@50"]
+    rows = [[p["row"], *(p["metrics"][c] for c in columns), p["source"]] for p in PAPER_CIRR]
+    protocols = [f"- {p['row']}: " + (", ".join(f"{k} {v}" for k, v in p["protocol"].items()
+                                               if k not in ("suite", "split")) or "protocol not stated")
+                 for p in PAPER_CIRR]
     return [
         "## Paper numbers (CIRR test1), for comparison",
         "",
-        tabulate(rows, headers=["row", "R@1", "R@5", "R@10", "R@50", "source"], tablefmt="github", floatfmt=".2f"),
+        tabulate(rows, headers=["row", *columns, "source"], tablefmt="github", floatfmt=".2f"),
+        "",
+        "Their protocols, as far as the papers' code states them (harness/evaluation/paper.py):",
+        "",
+        *protocols,
         "",
     ]
 
@@ -60,6 +70,8 @@ SECTIONS = {
     "train_step": train_step_section,
     "scoring": scoring_section,
     "mix_timing": mix_timing_section,
+    "comparison": comparison_section,
+    "train_profile": train_profile_section,
 }
 
 
@@ -88,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="result JSON files or folders of them")
     parser.add_argument("--out", type=Path, help="write BENCHMARKS.md here (default: print)")
+    parser.add_argument("--html", type=Path, metavar="OUT",
+                        help="also write an HTML index of the runs here, linking each run's page")
     args = parser.parse_args(argv)
-    text = benchmarks_markdown(load_results(args.results))
+    results = load_results(args.results)
+    if args.html:
+        from harness.reports.html_index import index_html
+
+        write_text(args.html, index_html(results, args.html))
+        print(f"wrote {args.html}", file=sys.stderr)
+    text = benchmarks_markdown(results)
     if args.out:
         write_text(args.out, text)
     else:

@@ -77,16 +77,24 @@ def _per_metric_choice(rows: list[dict]) -> list[str]:
     for r in chosen:
         m = r["chosen_for"]
         table.append([m, _weights(r["weights"]), r["tuning"][m], r["metrics"][m], base["metrics"][m],
-                      r["metrics"][m] - base["metrics"][m], learned_row["metrics"][m] if learned_row else None])
+                      r["metrics"][m] - base["metrics"][m], _paired(r, m),
+                      learned_row["metrics"][m] if learned_row else None])
     return [
         "Per metric: the triple that maximises it on the tuning set, and its value on the "
-        "evaluation set beside f alone and the learned weights:",
+        "evaluation set beside f alone and the learned weights; the 95% interval of the "
+        "difference is a paired bootstrap over the evaluation queries (a gain is beyond "
+        "query noise when it excludes 0):",
         "",
         tabulate(table, headers=["metric", "best weights (tuning)", "tuning", "evaluation",
-                                 "f alone (eval)", "Δ vs f", "learned (eval)"],
+                                 "f alone (eval)", "Δ vs f", "95% interval of Δ", "learned (eval)"],
                  tablefmt="github", floatfmt=".2f", missingval=""),
         "",
     ]
+
+
+def _paired(row: dict, metric: str) -> str | None:
+    paired = row.get("minus_f_alone", {}).get(metric)
+    return f"[{paired['interval'][0]:+.2f}, {paired['interval'][1]:+.2f}]" if paired else None
 
 
 def mix_timing_section(path: Path, result: dict) -> list[str]:

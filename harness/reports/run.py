@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.evaluation.fingerprint import differences
+from harness.evaluation.paper import PAPER_CIRCO, PAPER_CIRR, PAPER_FASHIONIQ
 from harness.evaluation.protocols import PROTOCOLS, scoring_of
 from harness.reports.header import section_header
 from harness.reports.mixing import mixing_markdown
 from harness.reports.training import training_line
+
+PAPERS = {"cirr": PAPER_CIRR, "fashioniq": PAPER_FASHIONIQ, "circo": PAPER_CIRCO}  # suite -> paper rows
 
 
 def metrics_table(result: dict) -> str:
@@ -26,6 +30,11 @@ def run_summary(result: dict) -> str:
            p["category_gallery_images"].items()) + ")" if p.get("category_gallery_images") else ""),
         f"backbone {b['name']} ({b['checkpoint']}), precision {result['precision']}, seed {result['seed']}",
     ]
+    if p.get("fingerprint"):
+        fp = p["fingerprint"]
+        lines.append(f"protocol {fp['hash']}: gallery {fp['gallery']}, captions cleaned {fp['caption_cleaning']}, "
+                     f"{fp['text_length']} text tokens, {fp['image_size']} px {fp['interpolation']}, "
+                     f"similarity {fp['similarity']}")
     training = result.get("training")
     if training:
         lines.append(
@@ -40,10 +49,25 @@ def run_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def paper_differences(result: dict) -> list[str]:
+    """For a run on a suite the papers report: each paper row's protocol fields that
+    differ from the run's (harness/evaluation/paper.py); nothing for other suites."""
+    fp = result["protocol"].get("fingerprint")
+    papers = [p for p in PAPERS.get(result["protocol"]["suite"], []) if p.get("protocol")]
+    if not fp or not papers:
+        return []
+    lines = ["Where this run's protocol differs from the papers' (run vs paper):", ""]
+    for paper in papers:
+        found = differences(fp, paper["protocol"])
+        lines.append(f"- {paper['row']} ({paper['source']}): " + ("; ".join(found) or "the same protocol"))
+    return [*lines, ""]
+
+
 def result_markdown(result: dict) -> str:
     parts = [run_summary(result), ""]
     if result.get("metrics"):
         parts.append(metrics_table(result))
+        parts += ["", *paper_differences(result)]
     if result.get("mixing"):
         parts += ["", *mixing_markdown(result["mixing"])]
     if result.get("server_files"):
@@ -63,7 +87,7 @@ def run_section(path: Path, result: dict, seed_lines: list[str]) -> list[str]:
     )
     out += ["```", run_summary(result), "```", ""]
     if result.get("metrics"):
-        out += [metrics_table(result), ""]
+        out += [metrics_table(result), "", *paper_differences(result)]
     out += seed_lines
     if result.get("mixing"):
         out += mixing_markdown(result["mixing"], path.parent)

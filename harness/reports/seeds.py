@@ -18,7 +18,7 @@ from harness.config import RunConfig
 
 def seedless_key(result: dict) -> tuple | None:
     """What a run computes, but for its seed; None for results that are not runs."""
-    if "config" not in result or "protocol" not in result:
+    if "config" not in result or "protocol" not in result or result.get("kind"):
         return None
     return (result["protocol"]["suite"], result["protocol"]["split"],
             RunConfig.from_dict(result["config"]).seedless_hash())
@@ -36,27 +36,72 @@ def group_by_seed(results: list[tuple[Path, dict]]) -> dict[int, list[tuple[Path
             for members in groups.values()}
 
 
+def seed_summary(metrics_per_seed: list[dict[str, dict[str, float]]]) -> dict:
+    """{method: {metric: {"mean", "sd", "min", "max", "values"}}} over seeds (sample sd)."""
+    first = metrics_per_seed[0]
+    out = {}
+    for method, metrics in first.items():
+        out[method] = {}
+        for name in metrics:
+            values = [m[method][name] for m in metrics_per_seed]
+            out[method][name] = {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1
+                                 else 0.0, "min": min(values), "max": max(values), "values": values}
+    return out
+
+
+def _summary_rows(summary: dict) -> tuple[list[str], list[list]]:
+    columns = list(next(iter(summary.values())))
+    rows = [[method, *(f"{m[c]['mean']:.2f} ± {m[c]['sd']:.2f}" for c in columns)] for method, m in summary.items()]
+    return columns, rows
+
+
+def _per_seed_lines(seeds: list[int], metrics: list[dict], intervals: list[dict | None]) -> list[str]:
+    """Each seed's composed value of the first metric, with its bootstrap interval."""
+    method = next(iter(metrics[0]))
+    lead = next(iter(metrics[0][method]))
+    cells = []
+    for seed, m, interval in zip(seeds, metrics, intervals):
+        low_high = (interval or {}).get("bootstrap", {}).get(method, {}).get(lead)
+        cells.append(f"seed {seed}: {m[method][lead]:.2f}" + (f" [{low_high[0]:.1f}, {low_high[1]:.1f}]"
+                                                               if low_high else ""))
+    return [f"{method} {lead} per seed (95% bootstrap interval over queries where recorded): " + ", ".join(cells)
+            + "."]
+
+
 def spread_markdown(group: list[tuple[Path, dict]]) -> list[str]:
     """Mean ± sd over the seeds of every metric of every method, and each seed's
     values of the first metric; nothing for a single seed."""
     if len(group) < 2 or not all(result.get("metrics") for _, result in group):
         return []
     seeds = [result["seed"] for _, result in group]
-    first = group[0][1]["metrics"]
-    columns = list(next(iter(first.values())))
-    rows = []
-    for method in first:
-        values = [[result["metrics"][method][c] for _, result in group] for c in columns]
-        rows.append([method, *(f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" for v in values)])
-    lead = columns[0]
-    per_seed = [f"seed {s}: {result['metrics'][m][lead]:.2f}" for m in list(first)[:1]
-                for s, (_, result) in zip(seeds, group)]
+    columns, rows = _summary_rows(seed_summary([result["metrics"] for _, result in group]))
     return [
         f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}; mean ± sample sd; each seed one "
-        f"training run, the same machine): {next(iter(first))} {lead} " + ", ".join(per_seed) + ".",
+        "training run, the same machine):",
         "",
         tabulate(rows, headers=["method", *columns], tablefmt="github"),
+        "",
+        *_per_seed_lines(seeds, [r["metrics"] for _, r in group], [r.get("intervals") for _, r in group]),
         "",
         "result files: " + ", ".join(f"`{path.as_posix()}`" for path, _ in group),
         "",
     ]
+
+
+def seeds_markdown(summary: dict) -> str:
+    """A `--seeds` results file (harness/over_seeds.py) as markdown."""
+    p = summary["protocol"]
+    seeds = summary["seeds"]
+    head = (f"{p['suite']} / {p['split']}, {summary['backbone']['name']}, over {len(seeds)} seeds "
+            f"({', '.join(map(str, seeds))}); mean ± sample sd; each seed one training run")
+    if not summary.get("summary"):
+        return head + "\n"
+    columns, rows = _summary_rows(summary["summary"])
+    runs = summary["runs"]
+    times = ", ".join(f"{r['total_seconds']:.0f}" for r in runs)
+    return "\n".join([
+        head, "", tabulate(rows, headers=["method", *columns], tablefmt="github"), "",
+        *_per_seed_lines(seeds, [r["metrics"] for r in runs], [r.get("intervals") for r in runs]), "",
+        f"whole run per seed (s): {times}",
+        "result files: " + ", ".join(r["result_file"] for r in runs), "",
+    ])

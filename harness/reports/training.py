@@ -81,3 +81,19 @@ def train_step_section(path: Path, result: dict) -> list[str]:
                                 "peak MiB", "status"], tablefmt="github", floatfmt=".1f"),
         "",
     ]
+
+
+def train_profile_section(path: Path, result: dict) -> list[str]:
+    """benches/train_profile.py output: the loop's samples/s and the optimizer step alone."""
+    loop, load = result["loop"], result["load_average_1min"]
+    rows = [[r["optimizer"], r["median_ms"], r["min_ms"], r["tensors"], r["parameters"]]
+            for r in result["optimizer_step"]]
+    return [
+        *section_header(f"Fine-tuning step profile, blip-tiny, {result['hardware']['device']}", result, path,
+                        machine_note=f"; load average (1 min) {load['before']:.1f} before, {load['after']:.1f} after",
+                        lines=[f"- the default loop: {loop['samples_per_second']:.0f} samples/s over {loop['steps']} "
+                               f"steps of batch {loop['batch_size']} (fused AdamW, harness/training/torch_engine.py)"]),
+        tabulate(rows, headers=["AdamW step", "median ms", "min ms", "tensors", "parameters"], tablefmt="github",
+                 floatfmt=".2f"),
+        "",
+    ]

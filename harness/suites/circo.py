@@ -83,6 +83,7 @@ def read_circo(root: Path, split: str, suite: str) -> SplitData:
         raise HarnessError(f"{annotation_file}: a query id appears twice")
     provenance = {
         "root": str(root),
+        "gallery": "image-info file (COCO 2017 unlabeled)",
         "reader_version": READER_VERSION,  # part of the embedding-cache key
         "annotation_file": str(annotation_file),
         "caption_sha256": _sha256(annotation_file),  # the embedding cache keys on these two

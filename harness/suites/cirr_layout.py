@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from harness.core.errors import HarnessError
@@ -93,6 +94,7 @@ def read_split(root: Path, version: str, split: str, suite: str) -> SplitData:
         raise HarnessError(f"caption file {caption_file} holds no usable query")
     provenance = {
         "root": str(root),
+        "gallery": "split file",
         "version": version,
         "reader_version": READER_VERSION,
         "caption_file": str(caption_file),
@@ -197,3 +199,31 @@ def check_images(data: SplitData, image_ids: list[str], show: int = 5) -> None:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GALLERIES = ("split", "folder")  # --gallery
+
+
+def folder_gallery(data: SplitData) -> SplitData:
+    """The split with CoVR's val-script gallery: every image file in the split's
+    folder (val: dev/, test1: test1/), not only those of the split file. CoVR's
+    src/test/blip/cirr_val.py ranks val queries against the whole dev folder
+    (8,102 images for real CIRR) where the official protocol has the split file's
+    2,297. Order: the split file's images, then the others by file name."""
+    if data.split not in IMAGE_DIRS or data.split == "train":
+        raise HarnessError(f"--gallery folder is defined for the val and test1 splits, not {data.split!r}")
+    folder = Path(data.provenance["root"]) / IMAGE_DIRS[data.split]
+    if not folder.is_dir():
+        raise HarnessError(f"--gallery folder: {folder} does not exist\n{data.layout_help}")
+    extra = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in data.image_paths)
+    named = {}
+    for path in extra:
+        if path.stem in named:
+            raise HarnessError(f"--gallery folder: {named[path.stem].name} and {path.name} in {folder} share the id "
+                               f"{path.stem!r}")
+        named[path.stem] = path
+    listing = "\n".join(sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    return replace(data, gallery=[*data.gallery, *named], image_paths={**data.image_paths, **named},
+                   provenance={**data.provenance, "gallery": f"folder {IMAGE_DIRS[data.split]}/",
+                               "gallery_listing_sha256": hashlib.sha256(listing.encode()).hexdigest()})

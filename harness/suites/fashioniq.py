@@ -103,6 +103,7 @@ def read_fashioniq(root: Path, split: str, suite: str, caption_rule: str,
     image_paths = {i: _image_path(root, i) for i in dict.fromkeys([*gallery, *referenced])}
     provenance = {
         "root": str(root),
+        "gallery": "split file of each category",
         "reader_version": READER_VERSION,  # part of the embedding-cache key
         "caption_rule": CAPTION_RULES[caption_rule],
         "categories": list(categories),

@@ -99,13 +99,19 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.model = model
+        self.params = params
         self.micro_steps = micro_steps
+        self.param_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        # DeepSpeed casts the whole model to the working precision; frozen weights have no
+        # fp32 master copy there, so their fp32 values are kept here for `finish`
+        trainable = {id(p) for p in params}
+        self.frozen_fp32 = {name: p.detach().float().clone() for name, p in model.named_parameters()
+                            if id(p) not in trainable} if self.param_dtype != torch.float32 else {}
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         config = engine_config(config_path, precision, micro_batch, micro_steps, grad_clip)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, model_parameters=params, config=config
         )
-        self.param_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch (chunk), then the engine's micro-step: it
@@ -131,5 +137,21 @@ class DeepSpeedEngine:
             raise HarnessError(f"no DeepSpeed engine state in {directory}")
 
     def finish(self) -> None:
-        """Back to fp32 weights for evaluation and saving (the master copy is fp32)."""
+        """fp32 weights for evaluation and saving. After fp16 / bf16 training these are
+        the optimizer's fp32 master weights, gathered from the ZeRO partitions (a
+        collective: every rank calls this), and the frozen weights as they were before
+        the cast -- not the rounded working copy. CoVR saves fp32 weights too."""
+        if self.param_dtype == torch.float32:
+            return
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        masters = [safe_get_full_fp32_param(p) for p in self.params]
         self.model.float()
+        with torch.no_grad():
+            for p, master in zip(self.params, masters):
+                if master is None:
+                    raise HarnessError("DeepSpeed holds no fp32 master copy of a trained weight")
+                p.copy_(master.to(p.device))
+            for name, p in self.model.named_parameters():
+                if name in self.frozen_fp32:
+                    p.copy_(self.frozen_fp32[name].to(p.device))

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from backbones.blip import EVAL_MAX_TEXT_LEN, TRAIN_MAX_TEXT_LEN
 from harness.core.distributed import gather_to_rank0, world_size
 from harness.core.errors import HarnessError
 from harness.core.progress import progress, say
@@ -195,9 +194,10 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         target_rows = None
-        if targets_frozen:
+        if targets_frozen or getattr(backbone, "fixed_training_targets", False):
             target_ids = list(dict.fromkeys(q.target for q in plan.queries))
-            say(f"vision side frozen: caching {len(target_ids)} target embeddings")
+            say(f"targets fixed (a frozen vision side, or CoVR-2's features of the starting model): "
+                f"caching {len(target_ids)} target embeddings")
             target_rows = cache_targets(backbone, store, target_ids, device, precision, self.engine.param_dtype,
                                         max(plan.local, 64))
         self.pairs = PairEmbedder(backbone, store, device, precision, self.engine.param_dtype, tokens_frozen,
@@ -287,7 +287,7 @@ class Trainer:
     def run(self) -> TrainResult:
         settings, plan, model = self.settings, self.plan, self.backbone.model
         model.train()
-        self.backbone.max_text_len = TRAIN_MAX_TEXT_LEN
+        self.backbone.max_text_len = self.backbone.train_max_text_len
         earlier_seconds = self.progress.seconds
         start = time.perf_counter() - earlier_seconds
         if self.progress.epoch_order_state is not None:
@@ -297,7 +297,7 @@ class Trainer:
                 samples = self.run_epochs(stop, start)
         finally:
             model.eval()
-            self.backbone.max_text_len = EVAL_MAX_TEXT_LEN
+            self.backbone.max_text_len = self.backbone.eval_max_text_len
         self.engine.finish()
         seconds = time.perf_counter() - start
         result = TrainResult(

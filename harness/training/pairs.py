@@ -8,7 +8,7 @@ import contextlib
 
 import torch
 
-from harness.core.precision import autocast
+from harness.core.precision import autocast, image_tokens
 from harness.suites.image_store import ImageStore
 
 
@@ -26,6 +26,14 @@ def forward_context(precision: str, device, param_dtype):
     return autocast(precision, device) if param_dtype == torch.float32 else contextlib.nullcontext()
 
 
+def vision(backbone, precision: str, device, param_dtype):
+    """pixels -> the vision tower's tokens, under the precision's image autocast for
+    fp32 weights (weights in fp16/bf16 run as they are)."""
+    if param_dtype != torch.float32:
+        return backbone.image_tokens
+    return lambda pixels: image_tokens(backbone, pixels, precision, device)
+
+
 def cache_targets(backbone, store: ImageStore, image_ids: list[str], device, precision: str,
                   param_dtype, batch_size: int) -> dict[str, torch.Tensor]:
     """Target embeddings of a frozen vision side, once, in eval mode (as evaluation computes them)."""
@@ -33,11 +41,14 @@ def cache_targets(backbone, store: ImageStore, image_ids: list[str], device, pre
     backbone.model.eval()
     rows = {}
     try:
-        with torch.no_grad(), forward_context(precision, device, param_dtype):
+        tokens_of = vision(backbone, precision, device, param_dtype)
+        with torch.no_grad():
             for s in range(0, len(image_ids), batch_size):
                 ids = image_ids[s : s + batch_size]
-                pixels = backbone.normalize(store.batch(ids).to(device)).to(param_dtype)
-                for image_id, emb in zip(ids, backbone.encode_image(pixels).float()):
+                tokens = tokens_of(backbone.normalize(store.batch(ids).to(device)).to(param_dtype))
+                with forward_context(precision, device, param_dtype):
+                    embeddings = backbone.image_embedding_from_tokens(tokens).float()
+                for image_id, emb in zip(ids, embeddings):
                     rows[image_id] = emb
     finally:
         backbone.model.train(was_training)
@@ -56,21 +67,22 @@ class PairEmbedder:
         self.backbone, self.store, self.device = backbone, store, device
         self.precision, self.param_dtype = precision, param_dtype
         self.tokens_frozen, self.target_rows = tokens_frozen, target_rows
+        self.vision = vision(backbone, precision, device, param_dtype)
 
     def for_batch(self, batch):
         kept_tokens: dict[tuple[int, int], torch.Tensor] = {}
 
         def run(start: int, end: int):
             rows = batch[start:end]
-            pixels = self._pixels([q.reference for q in rows])
+            pooled = self.backbone.pooled_for_loss  # BLIP-2: token means (CoVR-2)
+            tokens = self._tokens(self._pixels([q.reference for q in rows]), kept_tokens, (start, end))
             with forward_context(self.precision, self.device, self.param_dtype):
-                tokens = self._tokens(pixels, kept_tokens, (start, end))
-                query = self.backbone.query_embedding_from_tokens(tokens, [q.caption for q in rows]).float()
-                if self.target_rows is not None:
-                    target = torch.stack([self.target_rows[q.target] for q in rows])
-                else:
-                    target = self.backbone.encode_image(self._pixels([q.target for q in rows])).float()
-            return query, target
+                query = pooled(self.backbone.query_embedding_from_tokens(tokens, [q.caption for q in rows]).float())
+            if self.target_rows is not None:
+                return query, pooled(torch.stack([self.target_rows[q.target] for q in rows]))
+            target_tokens = self.vision(self._pixels([q.target for q in rows]))
+            with forward_context(self.precision, self.device, self.param_dtype):
+                return query, pooled(self.backbone.image_embedding_from_tokens(target_tokens).float())
 
         return run
 
@@ -79,17 +91,18 @@ class PairEmbedder:
 
     def _tokens(self, pixels, kept_tokens: dict, key: tuple[int, int]) -> torch.Tensor:
         if not self.tokens_frozen:
-            return self.backbone.image_tokens(pixels)
-        return frozen_tokens(self.backbone, pixels, kept_tokens, key)
+            return self.vision(pixels)
+        return frozen_tokens(self.vision, pixels, kept_tokens, key)
 
 
-def frozen_tokens(backbone, pixels: torch.Tensor, kept_tokens: dict, key) -> torch.Tensor:
-    """A frozen ViT's tokens of `pixels`, without a graph: computed in gradient
-    caching's first (no-graph) pass and kept under `key` for its second."""
+def frozen_tokens(vision_tower, pixels: torch.Tensor, kept_tokens: dict, key) -> torch.Tensor:
+    """A frozen ViT's tokens of `pixels` (`vision_tower(pixels)`), without a graph:
+    computed in gradient caching's first (no-graph) pass and kept under `key` for
+    its second."""
     tokens = kept_tokens.pop(key, None)
     if tokens is None:
         with torch.no_grad():
-            tokens = backbone.image_tokens(pixels)
+            tokens = vision_tower(pixels)
         if not torch.is_grad_enabled():
             kept_tokens[key] = tokens
     return tokens

@@ -19,7 +19,11 @@ class TorchEngine:
         self.model = model
         self.params = params
         self.grad_clip = grad_clip
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        # fused: one pass over every parameter. torch's CPU default loops over the
+        # tensors, about ten small ops each (90 tensors for blip-tiny), each a
+        # thread-pool round trip that slows badly when another process shares the
+        # cores (benches/train_profile.py times both).
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
         self.param_dtype = torch.float32  # autocast handles lower precision
 
     def backward(self, loss: torch.Tensor) -> None:

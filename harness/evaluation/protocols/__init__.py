@@ -4,6 +4,8 @@ tabulated, and submitted to a test server. A suite names its protocol
 
     protocol = PROTOCOLS.get(suite.scoring)
     metrics = protocol.evaluate(data, embeddings, rules)           # {method: {metric: value}}
+    values = protocol.query_values(data, embeddings, rules)        # {method: {metric: (Q,) per query}}
+    records = protocol.query_records(data, embeddings, rules)      # <run>.queries.jsonl
     fields = protocol.describe(data, rules)                         # the results' "protocol" block
     files = protocol.write_server_files(data, embeddings, out, stem)  # a split without targets
     text = protocol.metrics_table(result)                           # per-run and BENCHMARKS.md

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from harness.core.registry import Registry
 
 
@@ -25,6 +27,13 @@ class ScoringProtocol(Protocol):
     def describe(self, data, rules: ScoringRules) -> dict: ...
 
     def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]: ...
+
+    # Each query's value for every metric (a metric is 100 x their mean): what the
+    # bootstrap intervals resample (harness/evaluation/intervals.py).
+    def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]: ...
+
+    # One record per query for `<run>.queries.jsonl` (harness/evaluation/per_query.py).
+    def query_records(self, data, emb, rules: ScoringRules) -> list[dict]: ...
 
     def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]: ...
 

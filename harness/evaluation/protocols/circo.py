@@ -11,11 +11,23 @@ from pathlib import Path
 import torch
 
 import kernels
-from harness.evaluation.average_precision import MAP_KS, RECALL_KS, map_metrics
-from harness.evaluation.embed import METHODS
+from harness.evaluation.average_precision import (
+    MAP_KS,
+    RECALL_KS,
+    ground_truth_positions,
+    map_metrics,
+    map_query_values,
+)
+from harness.evaluation.embed import methods_of
 from harness.evaluation.paper import PAPER_CIRCO
 from harness.evaluation.protocols.base import PROTOCOLS, ScoringRules
-from harness.evaluation.protocols.tables import method_rows, paper_note, paper_rows, table
+from harness.evaluation.protocols.tables import (
+    interval_table,
+    method_rows,
+    paper_note,
+    paper_rows,
+    table,
+)
 from harness.evaluation.server_files import CIRCO_TOP, write_circo_submission
 from harness.evaluation.validate import check_embeddings
 
@@ -52,12 +64,42 @@ class CircoProtocol:
         return fields
 
     def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]:
-        check_embeddings(data, emb, METHODS)
+        check_embeddings(data, emb, methods_of(emb))
         positives, counts, exclude = ground_truth_labels(data, emb.gallery_ids)
         return {
             method: map_metrics(getattr(emb, attr), emb.gallery, positives, counts, exclude, rules.tie_rule)
-            for method, attr in METHODS.items()
+            for method, attr in methods_of(emb).items()
         }
+
+    def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]:
+        check_embeddings(data, emb, methods_of(emb))
+        positives, counts, exclude = ground_truth_labels(data, emb.gallery_ids)
+        return {
+            method: map_query_values(getattr(emb, attr), emb.gallery, positives, counts, exclude, rules.tie_rule)
+            for method, attr in methods_of(emb).items()
+        }
+
+    def query_records(self, data, emb, rules: ScoringRules) -> list[dict]:
+        """Per query (harness/evaluation/per_query.py): the annotated target's rank, the
+        top 10, and its AP@K and R@K values (their mean is each metric)."""
+        check_embeddings(data, emb, methods_of(emb))
+        positives, counts, exclude = ground_truth_labels(data, emb.gallery_ids)
+        records = [{"pair_id": q.pair_id, "caption": q.caption, "reference": q.reference, "target": q.target,
+                    "ground_truths": list(q.ground_truths), "methods": {}} for q in data.queries]
+        for method, attr in methods_of(emb).items():
+            query = getattr(emb, attr)
+            greater, equal, pos_scores = kernels.target_rank_counts(query, emb.gallery, positives, exclude)
+            positions = ground_truth_positions(greater, equal, pos_scores, rules.tie_rule)[:, 0].tolist()
+            values = map_query_values(query, emb.gallery, positives, counts, exclude, rules.tie_rule)
+            scores, top = kernels.topk_excluding(query, emb.gallery, min(10, len(emb.gallery_ids) - 1), exclude)
+            for i, record in enumerate(records):
+                record["methods"][method] = {
+                    "target_rank": positions[i] + 1 if positions[i] < torch.iinfo(torch.long).max else None,
+                    "top": [emb.gallery_ids[j] for j in top[i].tolist()],
+                    "top_scores": [round(v, 6) for v in scores[i].tolist()],
+                    "values": {name: v[i].item() for name, v in values.items()},
+                }
+        return records
 
     def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]:
         check_embeddings(data, emb, {"composed f(q,t)": "composed"})
@@ -73,7 +115,8 @@ class CircoProtocol:
         columns = [f"mAP@{k}" for k in p["map_ks"]] + [f"R@{k}" for k in p["recall_ks"]]
         chance = {f"R@{k}": min(100.0, 100.0 * k / max(1, p["gallery_images"] - 1)) for k in p["recall_ks"]}
         rows = method_rows(result, columns, chance) + paper_rows(PAPER_CIRCO, columns)
-        return table(rows, columns) + "\n\n" + paper_note(result, PAPER_CIRCO)
+        intervals = interval_table(result, columns)
+        return table(rows, columns) + "\n\n" + paper_note(result, PAPER_CIRCO) + ("\n\n" + intervals if intervals else "")
 
 
 PROTOCOLS.register("circo")(CircoProtocol())

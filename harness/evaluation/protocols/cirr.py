@@ -13,29 +13,39 @@ import torch
 from tabulate import tabulate
 
 import kernels
-from harness.evaluation.embed import METHODS, SplitEmbeddings
+from harness.evaluation.embed import SplitEmbeddings, methods_of
 from harness.evaluation.metrics import (
     CIRR_METRICS,
     RECALL_KS,
     SUBSET_KS,
     build_labels,
-    cirr_metrics,
+    cirr_query_values,
+    means,
     subset_scores_of,
 )
+from harness.evaluation.per_query import cirr_records
 from harness.evaluation.protocols.base import PROTOCOLS, ScoringRules
+from harness.evaluation.protocols.tables import interval_table
 from harness.evaluation.server_files import RECALL_TOP, SUBSET_TOP, write_cirr_submissions
 from harness.evaluation.validate import check_embeddings
 from harness.suites.base import SplitData
 
 
-def evaluate_methods(data: SplitData, emb: SplitEmbeddings, convention: str, tie_rule: str
-                     ) -> dict[str, dict[str, float]]:
-    check_embeddings(data, emb, METHODS)
+def query_values(data: SplitData, emb: SplitEmbeddings, convention: str, tie_rule: str
+                 ) -> dict[str, dict[str, torch.Tensor]]:
+    """{method: {metric: each query's value (Q,)}}."""
+    check_embeddings(data, emb, methods_of(emb))
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
     return {
-        method: cirr_metrics(getattr(emb, attr), emb.gallery, labels, convention, tie_rule)
-        for method, attr in METHODS.items()
+        method: cirr_query_values(getattr(emb, attr), emb.gallery, labels, convention, tie_rule)
+        for method, attr in methods_of(emb).items()
     }
+
+
+def evaluate_methods(data: SplitData, emb: SplitEmbeddings, convention: str, tie_rule: str
+                     ) -> dict[str, dict[str, float]]:
+    return {method: {name: v[0] for name, v in means(values).items()}
+            for method, values in query_values(data, emb, convention, tie_rule).items()}
 
 
 def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, stem: str) -> dict[str, str]:
@@ -74,6 +84,12 @@ class CirrProtocol:
     def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]:
         return evaluate_methods(data, emb, rules.convention, rules.tie_rule)
 
+    def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]:
+        return query_values(data, emb, rules.convention, rules.tie_rule)
+
+    def query_records(self, data, emb, rules: ScoringRules) -> list[dict]:
+        return cirr_records(data, emb, rules.convention, rules.tie_rule)
+
     def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]:
         return write_server_files(data, emb, directory, stem)
 
@@ -83,7 +99,9 @@ class CirrProtocol:
         rows = [[method, *(m[c] for c in CIRR_METRICS)] for method, m in result["metrics"].items()]
         chance = 100.0 / max(1, result["protocol"]["gallery_images"] - 1)
         rows.append(["chance", *([chance * k for k in RECALL_KS]), *(100.0 * k / 5 for k in SUBSET_KS), None])
-        return tabulate(rows, headers=["method", *CIRR_METRICS], tablefmt="github", floatfmt=".2f", missingval="")
+        text = tabulate(rows, headers=["method", *CIRR_METRICS], tablefmt="github", floatfmt=".2f", missingval="")
+        intervals = interval_table(result, CIRR_METRICS)
+        return text + ("\n\n" + intervals if intervals else "")
 
 
 PROTOCOLS.register("cirr")(CirrProtocol())

@@ -17,11 +17,17 @@ import torch.nn.functional as F
 
 import kernels
 from harness.core.atomic import write_json
-from harness.evaluation.embed import METHODS
-from harness.evaluation.metrics import ranks_with_ties, recalls
+from harness.evaluation.embed import methods_of
+from harness.evaluation.metrics import percent, ranks_with_ties, values_at
 from harness.evaluation.paper import PAPER_FASHIONIQ
 from harness.evaluation.protocols.base import PROTOCOLS, ScoringRules
-from harness.evaluation.protocols.tables import method_rows, paper_note, paper_rows, table
+from harness.evaluation.protocols.tables import (
+    interval_table,
+    method_rows,
+    paper_note,
+    paper_rows,
+    table,
+)
 from harness.evaluation.validate import check_embeddings
 from harness.suites.base import Query
 
@@ -39,7 +45,9 @@ def merge_phrasings(queries: Sequence[Query], emb):
     row = {p: i for i, p in enumerate(unique)}
     index = torch.tensor([row[p] for p in pair_ids])
 
-    def mean(tensor: torch.Tensor) -> torch.Tensor:
+    def mean(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None:  # a baseline that was not embedded
+            return None
         total = torch.zeros(len(unique), *tensor.shape[1:]).index_add_(0, index, F.normalize(tensor.float(), dim=-1))
         return F.normalize(total, dim=-1)
 
@@ -61,7 +69,7 @@ def _category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list
     return rows, columns, exclude, local
 
 
-def fashioniq_metrics(
+def category_hits(
     queries: Sequence[Query],
     query_emb: torch.Tensor,
     gallery_emb: torch.Tensor,
@@ -69,11 +77,10 @@ def fashioniq_metrics(
     groups: dict[str, list[str]],
     tie_rule: str = "pessimistic",
     ks: Sequence[int] = RECALL_KS,
-) -> dict[str, float]:
-    """R@K per category ("dress R@10"), their unweighted mean over the categories that
-    have queries ("avg R@10"), and Avg, the mean of the "avg" values."""
-    metrics: dict[str, float] = {}
-    scored = []
+) -> dict[str, tuple[list[int], dict[int, torch.Tensor], torch.Tensor]]:
+    """{category: (its query rows, {K: hit within K per query, float64}, the target's
+    0-based rank per query)} for the categories that have queries."""
+    hits = {}
     for category, ids in groups.items():
         rows, columns, exclude, local = _category_inputs(queries, gallery_ids, ids, category)
         if not rows:
@@ -88,12 +95,45 @@ def fashioniq_metrics(
         )
         labels = (positives >= 0).float()
         ranks = ranks_with_ties(greater, equal, pos_scores, labels, tie_rule)
-        metrics.update({f"{category} R@{k}": v for k, v in recalls(ranks, labels, ks).items()})
-        scored.append(category)
+        hits[category] = (rows, {k: values_at(ranks, labels, k).double() for k in ks}, ranks[:, 0])
+    return hits
+
+
+def fashioniq_metrics(
+    queries: Sequence[Query],
+    query_emb: torch.Tensor,
+    gallery_emb: torch.Tensor,
+    gallery_ids: list[str],
+    groups: dict[str, list[str]],
+    tie_rule: str = "pessimistic",
+    ks: Sequence[int] = RECALL_KS,
+) -> dict[str, float]:
+    """R@K per category ("dress R@10"), their unweighted mean over the categories that
+    have queries ("avg R@10"), and Avg, the mean of the "avg" values."""
+    hits = category_hits(queries, query_emb, gallery_emb, gallery_ids, groups, tie_rule, ks)
+    metrics = {f"{c} R@{k}": percent(v).item() for c, (_, by_k, _) in hits.items() for k, v in by_k.items()}
     for k in ks:
-        metrics[f"avg R@{k}"] = sum(metrics[f"{c} R@{k}"] for c in scored) / len(scored)
+        metrics[f"avg R@{k}"] = sum(metrics[f"{c} R@{k}"] for c in hits) / len(hits)
     metrics["Avg"] = sum(metrics[f"avg R@{k}"] for k in ks) / len(ks)
     return metrics
+
+
+def fashioniq_query_values(num_queries: int, hits: dict[str, tuple[list[int], dict[int, torch.Tensor], torch.Tensor]],
+                           ks: Sequence[int] = RECALL_KS) -> dict[str, torch.Tensor]:
+    """Each query's share of every metric, (Q,), so that a metric is 100 x the mean
+    over all Q queries (harness/evaluation/intervals.py resamples them): a category's
+    R@K weighs its hits by Q / Q_c (zero outside it), the averages over categories by
+    Q / (C x Q_c), so each category counts equally whatever its size."""
+    values = {}
+    for c, (rows, by_k, _) in hits.items():
+        index = torch.tensor(rows, dtype=torch.long)
+        for k, v in by_k.items():
+            share = v * (num_queries / len(rows))
+            values[f"{c} R@{k}"] = torch.zeros(num_queries, dtype=torch.float64).index_copy_(0, index, share)
+    for k in ks:
+        values[f"avg R@{k}"] = sum(values[f"{c} R@{k}"] for c in hits) / len(hits)
+    values["Avg"] = sum(values[f"avg R@{k}"] for k in ks) / len(ks)
+    return values
 
 
 def columns_for(categories: Sequence[str], ks: Sequence[int] = RECALL_KS) -> list[str]:
@@ -118,13 +158,48 @@ class FashionIQProtocol:
         }
 
     def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]:
-        check_embeddings(data, emb, METHODS)
+        check_embeddings(data, emb, methods_of(emb))
         queries, merged = merge_phrasings(data.queries, emb)
         return {
             method: fashioniq_metrics(queries, getattr(merged, attr), merged.gallery, merged.gallery_ids,
                                       data.groups, rules.tie_rule)
-            for method, attr in METHODS.items()
+            for method, attr in methods_of(emb).items()
         }
+
+    def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]:
+        check_embeddings(data, emb, methods_of(emb))
+        queries, merged = merge_phrasings(data.queries, emb)
+        return {
+            method: fashioniq_query_values(len(queries), category_hits(
+                queries, getattr(merged, attr), merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule))
+            for method, attr in methods_of(emb).items()
+        }
+
+    def query_records(self, data, emb, rules: ScoringRules) -> list[dict]:
+        """Per annotation (harness/evaluation/per_query.py): the target's rank and the top
+        10 within its category; values are its own hits ("dress R@10"), whose mean
+        over the category's annotations is that category's metric."""
+        check_embeddings(data, emb, methods_of(emb))
+        queries, merged = merge_phrasings(data.queries, emb)
+        records = [{"pair_id": q.pair_id, "caption": q.caption, "reference": q.reference, "target": q.target,
+                    "category": q.group, "methods": {}} for q in queries]
+        for method, attr in methods_of(emb).items():
+            query_emb = getattr(merged, attr)
+            hits = category_hits(queries, query_emb, merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule)
+            for category, (rows, by_k, ranks) in hits.items():
+                ids = data.groups[category]
+                _, columns, exclude, _ = _category_inputs(queries, merged.gallery_ids, ids, category)
+                scores, top = kernels.topk_excluding(query_emb[rows], merged.gallery[columns], min(10, len(ids) - 1),
+                                                     exclude)
+                for j, i in enumerate(rows):
+                    rank = int(ranks[j])
+                    records[i]["methods"][method] = {
+                        "target_rank": rank + 1 if rank < torch.iinfo(ranks.dtype).max else None,
+                        "top": [ids[c] for c in top[j].tolist()],
+                        "top_scores": [round(v, 6) for v in scores[j].tolist()],
+                        "values": {f"{category} R@{k}": v[j].item() for k, v in by_k.items()},
+                    }
+        return records
 
     def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]:
         """Top 50 of each annotation within its category, reference removed (ties by
@@ -157,7 +232,8 @@ class FashionIQProtocol:
         chance["Avg"] = sum(chance[f"avg R@{k}"] for k in p["recall_ks"]) / len(p["recall_ks"])
         paper = [{**row, "metrics": _with_avg(row["metrics"])} for row in PAPER_FASHIONIQ]
         rows = method_rows(result, columns, chance) + paper_rows(paper, columns)
-        return table(rows, columns) + "\n\n" + paper_note(result, PAPER_FASHIONIQ)
+        intervals = interval_table(result, columns)
+        return table(rows, columns) + "\n\n" + paper_note(result, PAPER_FASHIONIQ) + ("\n\n" + intervals if intervals else "")
 
 
 def _with_avg(metrics: dict) -> dict:

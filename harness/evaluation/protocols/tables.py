@@ -26,3 +26,23 @@ def paper_note(result: dict, paper: list[dict]) -> str:
     generated = "manifest" in result.get("data", {})
     caveat = " The run above used generated data: its numbers are not comparable with them." if generated else ""
     return f"Paper rows (harness/evaluation/paper.py): {sources}.{caveat}"
+
+
+def interval_table(result: dict, columns: list[str]) -> str:
+    """The run's 95% bootstrap intervals per method and the paired intervals of the
+    composed query minus each baseline (harness/evaluation/intervals.py); "" for
+    results without them."""
+    intervals = result.get("intervals")
+    if not intervals:
+        return ""
+
+    def cell(low_high) -> str:
+        return f"[{low_high[0]:.1f}, {low_high[1]:.1f}]"
+
+    rows = [[method, *(cell(v[c]) if c in v else "" for c in columns)]
+            for method, v in intervals["bootstrap"].items()]
+    rows += [[pair, *(f"{v[c]['difference']:+.1f} {cell(v[c]['interval'])}" if c in v else "" for c in columns)]
+             for pair, v in intervals["paired"].items()]
+    note = (f"95% intervals over queries ({intervals['method']}); a paired row is the difference on the "
+            "same queries and its interval: one method is ahead beyond query noise when it excludes 0.")
+    return tabulate(rows, headers=["interval", *columns], tablefmt="github") + "\n\n" + note

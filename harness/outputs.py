@@ -1,0 +1,61 @@
+"""What a scored split leaves beside its results: the scoring itself (metrics,
+intervals, the per-query file, or the server files of a split without targets) and
+the written outputs (results JSON, markdown table, HTML page). Shared by a run
+(harness/pipeline.py) and by scoring embeddings made elsewhere (harness/score.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.core.atomic import write_json, write_text
+from harness.core.progress import say
+from harness.evaluation.embed import COMPOSED
+from harness.evaluation.intervals import method_intervals
+from harness.evaluation.per_query import write_records
+from harness.evaluation.protocols.base import ScoringRules
+from harness.reports.html import run_html
+from harness.reports.run import result_markdown
+from harness.suites.base import SplitData
+
+
+def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: Path, stem: str) -> dict:
+    """{"metrics", "intervals", "per_query_file", "records"} for a split with targets,
+    {"server_files"} for one without (written into out_dir)."""
+    scored: dict = {"metrics": None, "server_files": None}
+    if not data.has_targets:
+        scored["server_files"] = protocol.write_server_files(data, embeddings, out_dir, stem)
+        return scored
+    scored["metrics"] = protocol.evaluate(data, embeddings, rules)
+    scored["intervals"] = method_intervals(protocol.query_values(data, embeddings, rules), COMPOSED)
+    scored["records"] = protocol.query_records(data, embeddings, rules)
+    scored["per_query_file"] = write_records(out_dir / f"{stem}.queries.jsonl", scored["records"]).name
+    return scored
+
+
+def result_fields(scored: dict) -> dict:
+    """The results file's fields from `score`'s output."""
+    return {
+        "metrics": scored["metrics"],
+        **({"intervals": scored["intervals"]} if scored.get("intervals") else {}),
+        **({"per_query_file": scored["per_query_file"]} if scored.get("per_query_file") else {}),
+        **({"mixing": scored["mixing"]} if scored.get("mixing") else {}),
+        "server_files": scored["server_files"],
+    }
+
+
+def thumbnails(data: SplitData):
+    """id -> the split's image (None for an id it does not hold), for the HTML page."""
+    return lambda image_id: data.load_image(image_id) if image_id in data.image_paths else None
+
+
+def write_outputs(result: dict, records: list[dict], data: SplitData, out_dir: Path, stem: str) -> Path:
+    """The results JSON, its markdown table (printed too) and its HTML page."""
+    result_path = write_json(out_dir / f"{stem}.json", result)
+    table = result_markdown(result)
+    write_text(result_path.with_suffix(".md"), table)
+    heatmap = out_dir / result["mixing"]["heatmap"] if result.get("mixing", {}).get("heatmap") else None
+    write_text(result_path.with_suffix(".html"), run_html(result, records, thumbnails(data), heatmap))
+    print(table)
+    extra = ", .queries.jsonl" if result.get("per_query_file") else ""
+    say(f"results: {result_path} (and .md, .html{extra})")
+    return result_path

@@ -1,0 +1,199 @@
+"""A run as one self-contained HTML page (`<run>.html`, thumbnails embedded): the
+summary and protocol fingerprint, the metrics with their intervals, a Recall@K
+curve, the mixing heat-map, and qualitative rows (the reference, the caption, the
+top-5 retrieved with the target outlined) for a seeded sample of successes and
+failures and for the queries where composed and image-only disagree most.
+
+Built from the results and the per-query file (harness/evaluation/per_query.py);
+`image_of(id)` returns a PIL image (the split's loader) or None for no thumbnails.
+The page reports its own health for the browser test: after load, <body> carries
+data-images (images decoded) and data-broken (images that failed) and
+data-errors (script errors).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.reports.run import paper_differences, run_summary
+
+THUMBNAIL = 96
+SHOWN = 5  # retrieved images per qualitative row
+PER_GROUP = 4  # qualitative rows per group
+CURVE_KS = range(1, 51)
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b")
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 8px; white-space: pre-wrap; font-size: 12px; }
+.row { display: flex; gap: 6px; align-items: flex-start; margin: 10px 0; }
+.cell { width: 100px; font-size: 11px; text-align: center; }
+.cell img { width: 96px; height: 96px; border: 3px solid #ddd; image-rendering: pixelated; }
+.cell img.target { border-color: #2ca02c; }
+.cell img.reference { border-color: #888; }
+.caption { width: 220px; font-size: 13px; padding: 4px; }
+"""
+
+# Marks <body> with what loaded, for tests/test_html_report.py (and anyone debugging).
+HEALTH_SCRIPT = """
+window.__errors = 0;
+window.addEventListener('error', function () { window.__errors += 1; }, true);
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (i) { return !i.complete || i.naturalWidth === 0; }).length;
+  document.body.setAttribute('data-images', String(images.length - broken));
+  document.body.setAttribute('data-broken', String(broken));
+  document.body.setAttribute('data-errors', String(window.__errors));
+});
+"""
+
+
+def data_uri(image, size: int = THUMBNAIL) -> str:
+    thumb = image.convert("RGB").resize((size, size))
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return html.escape("" if value is None else str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def metrics_section(result: dict) -> str:
+    metrics = result["metrics"]
+    columns = list(next(iter(metrics.values())))
+    parts = ["<h2>Metrics</h2>", table(["method", *columns], [[m, *(v[c] for c in columns)]
+                                                              for m, v in metrics.items()])]
+    intervals = result.get("intervals")
+    if intervals:
+        def span(pair) -> str:
+            return f"[{pair[0]:.1f}, {pair[1]:.1f}]"
+
+        rows = [[m, *(span(v[c]) for c in columns)] for m, v in intervals["bootstrap"].items()]
+        rows += [[p, *(f"{v[c]['difference']:+.1f} {span(v[c]['interval'])}" for c in columns)]
+                 for p, v in intervals["paired"].items()]
+        parts += [f"<p>95% intervals over queries ({html.escape(intervals['method'])}); a paired row excluding 0 "
+                  "is a difference beyond query noise.</p>", table(["interval", *columns], rows)]
+    return "\n".join(parts)
+
+
+def recall_curve(records: list[dict], width: int = 520, height: int = 260) -> str:
+    """Inline SVG: % of queries whose target ranks within K, K = 1..50, per method."""
+    if not records:
+        return ""
+    methods = list(records[0]["methods"])
+    left, bottom, top = 40, 30, 10
+    plot_w, plot_h = width - left - 10, height - bottom - top
+
+    def x(k: int) -> float:
+        return left + plot_w * (k - 1) / (len(CURVE_KS) - 1)
+
+    def y(percent: float) -> float:
+        return top + plot_h * (1 - percent / 100)
+
+    lines, legend = [], []
+    for i, method in enumerate(methods):
+        ranks = [r["methods"][method].get("target_rank") for r in records]
+        points = [(x(k), y(100.0 * sum(1 for rank in ranks if rank is not None and rank <= k) / len(ranks)))
+                  for k in CURVE_KS]
+        colour = COLOURS[i % len(COLOURS)]
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                     + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
+        legend.append(f'<text x="{left + 10}" y="{top + 16 + 16 * i}" fill="{colour}" font-size="12">'
+                      f"{html.escape(method)}</text>")
+    axes = [f'<line x1="{left}" y1="{y(0)}" x2="{left + plot_w}" y2="{y(0)}" stroke="#444"/>',
+            f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(100)}" stroke="#444"/>']
+    ticks = [f'<text x="{left - 6}" y="{y(p) + 4:.1f}" font-size="10" text-anchor="end">{p}</text>'
+             for p in (0, 25, 50, 75, 100)]
+    ticks += [f'<text x="{x(k):.1f}" y="{y(0) + 14:.1f}" font-size="10" text-anchor="middle">{k}</text>'
+              for k in (1, 10, 20, 30, 40, 50)]
+    return (f'<h2>Recall@K</h2><svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'role="img" aria-label="Recall at K curve">{"".join(axes + ticks + lines + legend)}</svg>')
+
+
+def qualitative_groups(records: list[dict], seed: int = 0) -> list[tuple[str, list[dict]]]:
+    """(title, records): seeded successes and failures of the composed query, and the
+    queries where composed and image-only ranks of the target disagree most."""
+    methods = list(records[0]["methods"]) if records else []
+    if not methods:
+        return []
+    composed = methods[0]
+
+    def rank(r: dict, method: str) -> float:
+        value = r["methods"][method].get("target_rank")
+        return math.inf if value is None else value
+
+    rng = random.Random(seed)
+    successes = [r for r in records if rank(r, composed) == 1]
+    failures = [r for r in records if rank(r, composed) > SHOWN]
+    groups = [("Successes (target first), seeded sample", rng.sample(successes, min(PER_GROUP, len(successes)))),
+              (f"Failures (target beyond the top {SHOWN}), seeded sample",
+               rng.sample(failures, min(PER_GROUP, len(failures))))]
+    if len(methods) > 1:
+        image_only = methods[1]
+        finite = [r for r in records if rank(r, composed) < math.inf and rank(r, image_only) < math.inf]
+        finite.sort(key=lambda r: -abs(math.log(rank(r, composed)) - math.log(rank(r, image_only))))
+        groups.append((f"Where {composed} and {image_only} disagree most (log rank)", finite[:PER_GROUP]))
+    return [(title, rows) for title, rows in groups if rows]
+
+
+def qualitative_row(record: dict, image_of: Callable[[str], object | None]) -> str:
+    method_name = next(iter(record["methods"]))
+    method = record["methods"][method_name]
+
+    def thumb(image_id: str, css: str, label: str) -> str:
+        image = image_of(image_id)
+        picture = f'<img class="{css}" src="{data_uri(image)}" alt="{html.escape(image_id)}">' if image else ""
+        return f'<div class="cell">{picture}<br>{html.escape(label)}</div>'
+
+    ranks = ", ".join(f"{html.escape(m)}: {v.get('target_rank')}" for m, v in record["methods"].items())
+    cells = [thumb(record["reference"], "reference", "reference"),
+             f'<div class="caption">“{html.escape(record["caption"])}”<br><small>target rank: {ranks}</small></div>']
+    for place, image_id in enumerate(method["top"][:SHOWN], start=1):
+        is_target = image_id == record.get("target")
+        cells.append(thumb(image_id, "target" if is_target else "", f"{place}" + (" (target)" if is_target else "")))
+    if record.get("target") and record["target"] not in method["top"][:SHOWN]:
+        cells.append(thumb(record["target"], "target", f"target, rank {method.get('target_rank')}"))
+    return f'<div class="row" data-pair-id="{html.escape(str(record["pair_id"]))}">{"".join(cells)}</div>'
+
+
+def run_html(result: dict, records: list[dict], image_of: Callable[[str], object | None],
+             heatmap: Path | None = None) -> str:
+    p = result["protocol"]
+    title = f"{p['suite']} / {p['split']}, {result['backbone']['name']}"
+    parts = [f"<h1>{html.escape(title)}</h1>", "<pre>" + html.escape(run_summary(result)) + "</pre>"]
+    fingerprint = p.get("fingerprint")
+    if fingerprint:
+        parts += ["<h2>Protocol fingerprint</h2>",
+                  table(["field", "value"], [[k, v] for k, v in fingerprint.items() if not isinstance(v, dict)])]
+        differences = paper_differences(result)
+        if differences:
+            parts.append("<pre>" + html.escape("\n".join(differences)) + "</pre>")
+    if result.get("metrics"):
+        parts.append(metrics_section(result))
+    parts.append(recall_curve(records))
+    if heatmap is not None and heatmap.is_file():
+        encoded = base64.b64encode(heatmap.read_bytes()).decode()
+        parts += ["<h2>Mixing heat-map</h2>", f'<img src="data:image/png;base64,{encoded}" alt="mixing heat-map" '
+                                                'style="max-width: 100%">']
+    for group_title, rows in qualitative_groups(records, result.get("seed") or 0):
+        parts += [f"<h2>{html.escape(group_title)}</h2>", *(qualitative_row(r, image_of) for r in rows)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style><script>{HEALTH_SCRIPT}</script></head>"
+            "<body>\n" + "\n".join(parts) + "\n</body></html>\n")
