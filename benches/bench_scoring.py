@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import kernels
-from benches.roofline import machine_key, t_min
+from benches.roofline import machine_key, measured_cpu_peak, t_min
 from benches.scoring_job import make_problem, sweep_weights
 from benches.scoring_suite import REPO, job_command
 from kernels import reference
@@ -43,8 +43,13 @@ def problem(device="cpu", dtype=torch.float32):
 
 def derived_units(benchmark, provider: str, device: str, dtype: torch.dtype, parts: int = 1):
     seconds = benchmark.stats.stats.min
-    floor = t_min(Q, G, D, torch.finfo(dtype).bits // 8, Q * 16, machine_key(torch.device(device)),
-                  parts=parts)
+    machine = machine_key(torch.device(device))
+    peak = source = None
+    if machine == "cpu":  # the rate of the format the provider multiplies in, measured here
+        low = provider.startswith("two-stage")
+        peak = measured_cpu_peak(torch.bfloat16 if low else torch.float32)
+        source = f"measured {'bf16' if low else 'fp32'} GEMM"
+    floor = t_min(Q, G, D, torch.finfo(dtype).bits // 8, Q * 16, machine, parts=parts, peak=peak, peak_source=source)
     benchmark.extra_info.update(
         provider=provider, device=device, dtype=str(dtype), shape=f"{Q}x{G}x{D}", k=K,
         threads=torch.get_num_threads(), queries_per_s=Q / seconds,
@@ -64,12 +69,13 @@ def sync_after(fn, device):
     return run
 
 
-@pytest.mark.parametrize("provider", ["reference-rank", "torch-mm-topk"])
+@pytest.mark.parametrize("provider", ["reference-rank", "two-stage-rank", "torch-mm-topk"])
 def bench_cirr_size_cpu(benchmark, provider):
     q, g, target, exclude = problem()
-    if provider == "reference-rank":
-        reference.target_rank_counts(q[:8], g, target[:8, None], exclude[:8])  # compile outside the timing
-        benchmark(reference.target_rank_counts, q, g, target[:, None], exclude)
+    if provider.endswith("-rank"):
+        impl = provider.removesuffix("-rank")
+        kernels.target_rank_counts(q[:8], g, target[:8, None], exclude[:8], impl=impl)  # compile outside the timing
+        benchmark(kernels.target_rank_counts, q, g, target[:, None], exclude, impl=impl)
     else:
         benchmark(lambda: torch.topk(q @ g.T, K + 1, dim=1))
     derived_units(benchmark, provider, "cpu", torch.float32)

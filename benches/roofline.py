@@ -25,12 +25,43 @@ def machine_key(device: torch.device) -> str:
     return "H200" if "H200" in name else "H100"
 
 
+def measured_cpu_peak(dtype: torch.dtype) -> float:
+    """FLOP/s of this CPU's fastest GEMM for `dtype` on the current threads: a
+    4096 x 16384 x 256 product, best of three (fp32: torch's or numpy's, whichever
+    kernels/gemm.py found faster; bf16: torch's oneDNN)."""
+    import time
+
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4096, 256, generator=gen), torch.randn(16384, 256, generator=gen)
+    if dtype == torch.float32:
+        calls = [lambda: a @ b.T, lambda: np.matmul(a.numpy(), b.numpy().T)]
+    else:
+        a_lp, b_lp = a.to(dtype), b.to(dtype)
+        calls = [lambda: a_lp @ b_lp.T]
+    best = float("inf")
+    for call in calls:
+        call()
+        for _ in range(3):
+            started = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - started)
+    return 2.0 * 4096 * 16384 * 256 / best
+
+
 def t_min(queries: int, gallery: int, dim: int, element_bytes: int, output_bytes: int,
-          machine: str, s_tok: int = 1, t_tok: int = 1, parts: int = 1) -> dict:
+          machine: str, s_tok: int = 1, t_tok: int = 1, parts: int = 1, peak: float | None = None,
+          peak_source: str | None = None) -> dict:
     """The roofline floor of one scoring problem, in seconds, and its two terms.
     s_tok x t_tok token pairs for max-sim; `parts` = 3 for mixed queries (three
-    score blocks, whatever the number of weight triples)."""
-    peak, bandwidth, source = MACHINES[machine]
+    score blocks, whatever the number of weight triples); `peak` replaces the
+    machine's stated FLOP/s (a measured one, `measured_cpu_peak`)."""
+    stated, bandwidth, source = MACHINES[machine]
+    if peak is None:
+        peak = stated
+    else:
+        source = f"{peak_source}; {source.split(',')[-1].strip()}"
     flops = 2.0 * queries * gallery * dim * s_tok * t_tok * parts
     moved = (parts * queries * s_tok + gallery * t_tok) * dim * element_bytes + output_bytes
     compute_s, memory_s = flops / peak, moved / bandwidth

@@ -23,11 +23,11 @@ import time
 
 import torch
 
-from benches.roofline import machine_key, t_min
+from benches.roofline import machine_key, measured_cpu_peak, t_min
 
 KS = (1, 5, 10, 50)
-PROVIDERS = ("reference-rank", "triton-rank", "torch-mm-topk", "faiss", "triton-topk", "reference-sweep",
-             "recompute-sweep", "triton-sweep")
+PROVIDERS = ("reference-rank", "two-stage-rank", "triton-rank", "torch-mm-topk", "faiss", "triton-topk",
+             "reference-sweep", "two-stage-sweep", "recompute-sweep", "triton-sweep")
 
 
 def make_problem(queries: int, gallery: int, dim: int, seed: int, device: str, dtype: torch.dtype,
@@ -97,6 +97,9 @@ def provider_call(args, q, g, target, exclude, parts, weights):
     positives = target[:, None]
     if p == "reference-rank":
         return lambda: recall_from_ranks(reference.target_rank_counts(q, g, positives, exclude)[0][:, 0])
+    if p == "two-stage-rank":  # bf16 (CPU) or fp16 (CUDA) scores, fp32 rescoring in the band
+        return lambda: recall_from_ranks(
+            kernels.target_rank_counts(q, g, positives, exclude, impl="two-stage")[0][:, 0])
     if p == "triton-rank":
         return lambda: recall_from_ranks(
             kernels.target_rank_counts(q, g, positives, exclude, impl="triton")[0][:, 0])
@@ -118,8 +121,8 @@ def provider_call(args, q, g, target, exclude, parts, weights):
             return recall_from_topk(torch.from_numpy(idx), target.cpu(), exclude.cpu())
 
         return search
-    if p in ("reference-sweep", "triton-sweep"):
-        impl = "reference" if p == "reference-sweep" else "triton"
+    if p in ("reference-sweep", "two-stage-sweep", "triton-sweep"):
+        impl = p.removesuffix("-sweep")
         return lambda: recall_from_ranks(
             kernels.mixed_rank_counts(parts, g, weights, positives, exclude, impl=impl)[0][-1, :, 0])
     if p == "recompute-sweep":
@@ -176,8 +179,14 @@ class Job:
         element = q.element_size()
         triples = args.triples if self.sweep else 1
         output = args.queries * (triples * 16 if "rank" in args.provider or self.sweep else (args.k + 1) * 12)
-        floor = t_min(args.queries, args.gallery, args.dim, element, output, machine_key(torch.device(args.device)),
-                      s_tok, t_tok, 3 if self.sweep and args.provider != "recompute-sweep" else 1)
+        machine = machine_key(torch.device(args.device))
+        peak = source = None
+        if machine == "cpu":  # the CPU's own measured GEMM rate for the format the provider multiplies in
+            low = args.provider.startswith("two-stage")
+            peak = measured_cpu_peak(torch.bfloat16 if low else torch.float32)
+            source = f"measured {'bf16' if low else 'fp32'} GEMM {peak / 1e9:.0f} GFLOP/s (benches/roofline.py)"
+        floor = t_min(args.queries, args.gallery, args.dim, element, output, machine,
+                      s_tok, t_tok, 3 if self.sweep and args.provider != "recompute-sweep" else 1, peak, source)
         flops = floor["flops"] * (triples if args.provider == "recompute-sweep" else 1)
         return {
             "provider": args.provider, "device": args.device,

@@ -30,17 +30,18 @@ REPO = Path(__file__).resolve().parent.parent
 # (label, job arguments); every job of a label scores the same problem
 PLANS = {
     "cpu": [
-        *[("CIRR size", dict(provider=p, repeat=5, **CIRR)) for p in ("reference-rank", "torch-mm-topk", "faiss")],
+        *[("CIRR size", dict(provider=p, repeat=5, **CIRR))
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", "faiss")],
         *[("10k x 100k", dict(provider=p, queries=10_000, gallery=100_000))
-          for p in ("reference-rank", "torch-mm-topk", "faiss")],
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", "faiss")],
         *[("10k x 1M", dict(provider=p, queries=10_000, gallery=1_000_000))
-          for p in ("reference-rank", "torch-mm-topk", "faiss")],
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", "faiss")],
         *[(f"sweep {n} triples, CIRR size", dict(provider=p, triples=n, **CIRR))
-          for n in (1, 66, 231) for p in ("reference-sweep", "recompute-sweep")],
+          for n in (1, 66, 231) for p in ("reference-sweep", "two-stage-sweep", "recompute-sweep")],
     ],
     "gpu": [  # cheapest first: a time limit cuts the largest problems, not the rest
         *[("CIRR size fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=20, **CIRR))
-          for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+          for p in ("triton-rank", "two-stage-rank", "triton-topk", "torch-mm-topk")],
         *[(f"sweep {n} triples, CIRR size fp16", dict(provider=p, triples=n, dtype="fp16", device="cuda",
                                                        repeat=5, **CIRR))
           for n in (1, 66, 231) for p in ("triton-sweep", "recompute-sweep")],
@@ -48,12 +49,15 @@ PLANS = {
            dict(provider=p, tokens=32, dtype="fp16", device="cuda", repeat=3, **CIRR))
           for p in ("triton-rank", "reference-rank")],
         *[("10k x 1M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=3, queries=10_000,
-                                 gallery=1_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+                                 gallery=1_000_000))
+          for p in ("triton-rank", "two-stage-rank", "triton-topk", "torch-mm-topk")],
         *[("10k x 10M fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=2, queries=10_000,
-                                  gallery=10_000_000)) for p in ("triton-rank", "triton-topk", "torch-mm-topk")],
+                                  gallery=10_000_000))
+          for p in ("triton-rank", "two-stage-rank", "triton-topk", "torch-mm-topk")],
     ],
     "smoke": [  # seconds: checks the plumbing (tests use it)
-        *[("tiny", dict(provider=p, queries=50, gallery=300, dim=32)) for p in ("reference-rank", "torch-mm-topk")],
+        *[("tiny", dict(provider=p, queries=50, gallery=300, dim=32))
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk")],
         ("tiny sweep", dict(provider="reference-sweep", queries=50, gallery=300, dim=32, triples=66)),
     ],
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kernels
 from harness.core.atomic import write_json, write_text
 from harness.core.progress import say
 from harness.evaluation.embed import COMPOSED
@@ -29,6 +30,7 @@ def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: P
     scored["intervals"] = method_intervals(protocol.query_values(data, embeddings, rules), COMPOSED)
     scored["records"] = protocol.query_records(data, embeddings, rules)
     scored["per_query_file"] = write_records(out_dir / f"{stem}.queries.jsonl", scored["records"]).name
+    scored["kernels"] = kernels.used()  # which implementation scored (kernels/__init__.py)
     return scored
 
 
@@ -40,6 +42,7 @@ def result_fields(scored: dict) -> dict:
         **({"per_query_file": scored["per_query_file"]} if scored.get("per_query_file") else {}),
         **({"mixing": scored["mixing"]} if scored.get("mixing") else {}),
         "server_files": scored["server_files"],
+        **({"kernels": scored["kernels"]} if scored.get("kernels") else {}),
     }
 
 

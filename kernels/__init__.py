@@ -1,12 +1,17 @@
 """The retrieval core: one public function per operation.
 
-Each function dispatches to an implementation: `reference` (chunked torch, any
-device; its counting loops compiled by torch.compile on CPU) or `triton` (fused
-kernels in `kernels/triton_ops/`: single vectors (Q, D) x (G, D), BLIP-2's
-multi-vector max-sim (Q, S, D) x (G, T, D) with S, T powers of two up to
-TRITON_MAX_TOKENS, top-K up to TRITON_MAX_K). The choice comes from the `impl`
-argument, else the COIR_KERNELS environment variable, else `auto`: Triton when
-the tensors are on CUDA and triton imports, the reference otherwise. Inputs the
+Each function dispatches to an implementation: `reference` (chunked torch in fp32,
+any device; its counting loops compiled by torch.compile on CPU), `two-stage`
+(`kernels/two_stage.py`: scores in bf16, only the items within the bf16 error
+bound of a positive rescored in fp32; the same counts, for rank counts and the
+mixed sweep) or `triton` (fused kernels in `kernels/triton_ops/`: single vectors
+(Q, D) x (G, D), BLIP-2's multi-vector max-sim (Q, S, D) x (G, T, D) with S, T
+powers of two up to TRITON_MAX_TOKENS, top-K up to TRITON_MAX_K). The choice
+comes from the `impl` argument, else the COIR_KERNELS environment variable, else
+`auto`: Triton when the tensors are on CUDA and triton imports (each operation
+first checked against the reference on a small problem, `kernels/self_check.py`),
+two-stage for rank counts on a CPU that multiplies bf16 natively (avx512_bf16 or
+AMX), the reference otherwise. `used()` says what scored in this process. Inputs the
 kernels do not cover (other token counts, k > TRITON_MAX_K) run the reference
 whatever was asked. `impl="triton"` on CPU tensors runs the kernels in
 Triton's interpreter when TRITON_INTERPRET=1 (tests), and is an error otherwise.
@@ -19,7 +24,8 @@ Ties and copies, the same in every implementation:
   decides where they rank.
 - Exact duplicates (gallery rows that are bitwise identical, -0.0 read as +0.0;
   for multi-vector items all T rows) are one item for scoring: each group is
-  scored once per query, from its first row, and every member takes that score
+  scored once per query, from its first row (summed in float64 and rounded once,
+  so the bits do not depend on the call or the rank), and every member takes that score
   (`kernels/duplicates.py`). So a copy of a positive is always "equal", never
   "greater" or "less", copies of any item fall on the same side of every positive,
   and top-K lists copies in gallery order. Without this the counts would depend on
@@ -39,9 +45,9 @@ import os
 
 import torch
 
-from kernels import reference
+from kernels import reference, self_check, two_stage
 
-IMPLEMENTATIONS = ("reference", "triton")
+IMPLEMENTATIONS = ("reference", "two-stage", "triton")
 TRITON_MAX_K = 64  # = triton_ops.MAX_K, kept here so dispatch needs no triton import
 TRITON_MAX_TOKENS = 64  # = triton_ops.MAX_TOKENS
 
@@ -64,7 +70,31 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int | None = None) -> str:
+@functools.cache
+def cpu_multiplies_bf16() -> bool:
+    """avx512_bf16 or AMX: a bf16 GEMM runs at several times the fp32 rate."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+_USED: dict[str, str] = {}
+
+
+def used() -> dict[str, str]:
+    """{operation: implementation} of the calls made in this process (the last of each)."""
+    return dict(_USED)
+
+
+def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int | None = None,
+          op: str = "", two_stage: bool = False) -> str:
+    choice = _choose(impl, query, gallery, k, two_stage)
+    # the compiled kernels on a GPU, not asked for by name: checked once (the interpreter is tested)
+    if choice == "triton" and not impl and query.is_cuda and not self_check.passes(op, query.device):
+        choice = "reference"  # warned once by self_check
+    _USED[op] = choice
+    return choice
+
+
+def _choose(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int | None, two_stage: bool) -> str:
     choice = impl or os.environ.get("COIR_KERNELS", "auto")
     if choice != "auto" and choice not in IMPLEMENTATIONS:
         raise ValueError(
@@ -73,8 +103,12 @@ def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int |
         )
     covered = _tokens_covered(query) and _tokens_covered(gallery) and (k is None or k <= TRITON_MAX_K)
     on_cuda = query.is_cuda and gallery.is_cuda
+    if choice == "two-stage":
+        return "two-stage" if two_stage else "reference"
     if choice == "auto":
-        return "triton" if covered and on_cuda and _triton_importable() else "reference"
+        if covered and on_cuda and _triton_importable():
+            return "triton"
+        return "two-stage" if two_stage and not on_cuda and cpu_multiplies_bf16() else "reference"
     if choice == "triton":
         if not covered:
             return "reference"
@@ -105,8 +139,11 @@ def target_rank_counts(
     gallery items score strictly higher, how many score the same, and the
     positive's score; `exclude` (one index per query, -1 for none) takes no part."""
     _check_pair(query, gallery)
-    if _pick(impl, query, gallery) == "triton":
+    choice = _pick(impl, query, gallery, op="target_rank_counts", two_stage=True)
+    if choice == "triton":
         return _triton().target_rank_counts(query, gallery, positives, exclude)
+    if choice == "two-stage":
+        return two_stage.target_rank_counts(query, gallery, positives, exclude, two_stage.format_for(query))
     return reference.target_rank_counts(query, gallery, positives, exclude)
 
 
@@ -126,8 +163,11 @@ def mixed_rank_counts(
         raise ValueError("mixing is defined for single-vector (Q, D) and (G, D) embeddings")
     if weights.ndim != 2 or weights.shape[1] != 3:
         raise ValueError(f"weights must be (W, 3), got {tuple(weights.shape)}")
-    if _pick(impl, parts[0], gallery) == "triton":
+    choice = _pick(impl, parts[0], gallery, op="mixed_rank_counts", two_stage=True)
+    if choice == "triton":
         return _triton().mixed_rank_counts(parts, gallery, weights, positives, exclude)
+    if choice == "two-stage":
+        return two_stage.mixed_rank_counts(parts, gallery, weights, positives, exclude, two_stage.format_for(gallery))
     return reference.mixed_rank_counts(parts, gallery, weights, positives, exclude)
 
 
@@ -141,7 +181,7 @@ def topk_excluding(
     """Top-k (scores, gallery indices) per query, best first, `exclude` removed;
     ties broken by gallery order."""
     _check_pair(query, gallery)
-    if _pick(impl, query, gallery, k) == "triton":
+    if _pick(impl, query, gallery, k, op="topk_excluding") == "triton":
         return _triton().topk_excluding(query, gallery, k, exclude)
     return reference.topk_excluding(query, gallery, k, exclude)
 

@@ -43,6 +43,14 @@ def _mixed(differences: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (d0 * w[:, 0] + d1 * w[:, 1]) + d2 * w[:, 2]
 
 
+def _packed_band_counts(scores: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Low-precision scores (..., C) against fp32 bounds (..., 1): packed counts of
+    scores above `high` and at least `low`, compared in fp32."""
+    wide = scores.float()
+    above = (wide > high).to(torch.int32) * _SHIFT
+    return (above + (wide >= low).to(torch.int32)).sum(-1, dtype=torch.int32)
+
+
 def _packed_mixed_counts(differences: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """differences (3, R, C) of each part's score to the positive's, weights (W, 3)
     -> (W, R) packed counts of the mixed differences above / at least 0."""
@@ -121,3 +129,16 @@ def mixed_scores(components: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     """(W, R, C) scores w0*c0 + w1*c1 + w2*c2 of components (3, R, C), by the
     formula the counts use (for the positives' own mixed scores)."""
     return _mixed(components, weights.to(components.dtype))
+
+
+def count_band(scores: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of low-precision scores (R, C): how many entries are > high and >= low
+    (R,) (fp32 bounds, never rounded to the scores' format). int64 (R,) each."""
+    sure = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
+    possible = torch.zeros_like(sure)
+    low, high = low.float()[:, None], high.float()[:, None]
+    for start in range(0, scores.shape[1], MAX_COLUMNS):
+        g, ge = unpack(_run(_packed_band_counts, scores[:, start : start + MAX_COLUMNS], low, high))
+        sure += g
+        possible += ge
+    return sure, possible

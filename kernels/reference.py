@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from kernels import counting, duplicates
+from kernels import counting, duplicates, gemm
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
-# Single-vector rank counting tiles: 1024 x 4096 fp32 scores (16 MB) are counted
-# while still in the last-level cache, and 1024 rows amortise BLAS's packing of
-# each gallery block.
+# Single-vector tiles: 1024 x 4096 fp32 scores (16 MB) are counted while still in the
+# last-level cache; 1024 rows amortise BLAS's packing of each gallery block.
 QUERY_TILE = 1024
 GALLERY_TILE = 4096
 # Weight sweeps: query rows per chunk, and the fewest triples for which settling
@@ -56,11 +55,26 @@ def similarity(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
 
 def rowwise_similarity(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     """Scores of row i of `query` against row i of `gallery`, (N,), by the rules of
-    `similarity`."""
-    q, g = query.float(), gallery.float()
+    `similarity`: summed in float64 and rounded to fp32 once, so a pair's score does
+    not depend on which other pairs share the call (or the rank that computes it)."""
+    q, g = query.double(), gallery.double()
     q = q[:, None, :] if q.ndim == 2 else q
     g = g[:, None, :] if g.ndim == 2 else g
-    return torch.einsum("nsd,ntd->nst", q, g).amax(dim=(-1, -2))
+    return torch.einsum("nsd,ntd->nst", q, g).amax(dim=(-1, -2)).float()
+
+
+def exact_similarity(query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`similarity` summed in float64, rounded to fp32 once: a pair's bits whatever shares the call."""
+    q, r = query.double(), rows.double()
+    if q.ndim == 2 and r.ndim == 2:
+        return (q @ r.T).float()
+    q = q if q.ndim == 3 else q[:, None, :]
+    r = r if r.ndim == 3 else r[:, None, :]
+    out = torch.empty(q.shape[0], r.shape[0], device=q.device)
+    step = max(1, (MAXSIM_BLOCK_ELEMENTS // 4) // max(1, r.shape[0] * q.shape[1] * r.shape[1]))  # float64 block
+    for start in range(0, q.shape[0], step):
+        out[start : start + step] = torch.einsum("qsd,gtd->qgst", q[start : start + step], r).amax(dim=(-1, -2))
+    return out
 
 
 def rank_counts_dense(
@@ -121,7 +135,7 @@ def target_rank_counts(
     equal = torch.zeros(positives.shape, dtype=torch.int64, device=device)
     pos_scores = torch.full(positives.shape, float("nan"), device=device)
     q_all, g_all = query.float(), gallery.float()
-    copies = _Copies(duplicates.find(gallery), g_all)
+    copies = Copies(duplicates.find(gallery), g_all)
     step = chunk or QUERY_TILE
     for start in range(0, query.shape[0], step):
         stop = min(start + step, query.shape[0])
@@ -134,7 +148,7 @@ def target_rank_counts(
     return greater, equal, pos_scores
 
 
-def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: _Copies
+def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One query chunk against the gallery, tile by tile: (items above each positive,
     items at least as high, the positives' scores), the positive and the excluded
@@ -145,8 +159,9 @@ def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip:
     lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
     above = torch.zeros(pos.shape, dtype=torch.int64, device=q.device)
     at_least = torch.zeros_like(above)
+    buffer = gemm.TileBuffer()
     for block in range(0, g_all.shape[0], GALLERY_TILE):
-        tile = copies.apply(q @ g_all[block : block + GALLERY_TILE].T, block, group_scores)
+        tile = copies.apply(gemm.scores(q, g_all[block : block + GALLERY_TILE], buffer), block, group_scores)
         for p, live in enumerate(lives):
             if len(live) == len(rows):
                 g_, ge = counting.count_above(tile, own[:, p])
@@ -164,19 +179,23 @@ def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip:
     return above, at_least, own
 
 
-class _Copies:
+class Copies:
     """The duplicate groups of a gallery, applied to score tiles: every member's
     column takes its group's score (the group's first row against each query)."""
 
-    def __init__(self, groups: duplicates.Groups | None, gallery: torch.Tensor):
+    def __init__(self, groups: duplicates.Groups | None, gallery: torch.Tensor | None,
+                 first_rows: torch.Tensor | None = None):
+        """`first_rows` given: the groups' first rows when they are not all in `gallery`
+        (a shard of a larger gallery, harness/evaluation/sharded.py)."""
         self.groups = groups
         if groups is not None:
-            self.first_rows = gallery[groups.first]
+            self.first_rows = gallery[groups.first] if first_rows is None else first_rows
             self.members = groups.members()
 
     def scores(self, query: torch.Tensor) -> torch.Tensor | None:
-        """(rows, R) fp32: each group's score for each query row."""
-        return None if self.groups is None else similarity(query, self.first_rows)
+        """(rows, R) fp32: each group's score for each query row (independent of the
+        rows in the call: shards and chunks give a copy the same bits)."""
+        return None if self.groups is None else exact_similarity(query, self.first_rows)
 
     def own(self, query, gallery, index, group_scores) -> torch.Tensor:
         """Scores of query row i against gallery row index[i] (-1 pad: any value)."""
@@ -213,7 +232,7 @@ def _target_rank_counts_rows(
     full gallery (copies taking their group's score), the positives' scores read
     from those very rows."""
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
-    copies = _Copies(duplicates.find(gallery), gallery)
+    copies = Copies(duplicates.find(gallery), gallery)
     step = _query_chunk(num_gallery, chunk)
     greater = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
     equal = torch.zeros(positives.shape, dtype=torch.int64, device=query.device)
@@ -245,6 +264,7 @@ def topk_excluding(
     k: int,
     exclude: torch.Tensor,
     chunk: int | None = None,
+    copies: Copies | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k gallery items per query, the excluded item removed.
 
@@ -255,7 +275,7 @@ def topk_excluding(
     """
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     k = min(k, num_gallery - (1 if bool((exclude >= 0).any()) else 0))
-    copies = _Copies(duplicates.find(gallery), gallery)
+    copies = copies or Copies(duplicates.find(gallery), gallery)
     step = _query_chunk(num_gallery, chunk)
     values, indices = [], []
     for start in range(0, num_queries, step):
@@ -304,7 +324,7 @@ def mixed_rank_counts(
     """
     q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)
     g = torch.nn.functional.normalize(gallery.float(), dim=-1)
-    copies = _Copies(duplicates.find(gallery), g)
+    copies = Copies(duplicates.find(gallery), g)
     num_queries, num_gallery = q.shape[0], g.shape[0]
     # rows per chunk: the three score blocks stay in cache while every triple reads them,
     # and few rows let more gallery items be settled for the whole chunk

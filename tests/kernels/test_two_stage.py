@@ -1,0 +1,170 @@
+"""The two-stage exact rank path (kernels/two_stage.py): its error bound holds, and
+its counts are the fp32 reference's on random problems, on problems built to put
+many items at the edge of the band, with copies, for max-sim and for the mixed sweep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference, two_stage
+from tests.kernels.problems import assert_counts_equal, make_problem
+
+FORMATS = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", FORMATS)
+@pytest.mark.parametrize("dim", [16, 256, 1024])
+def test_error_bound_holds_for_wide_and_spiky_vectors(dtype, dim):
+    gen = torch.Generator().manual_seed(dim)
+    q = torch.randn(64, dim, generator=gen)
+    g = torch.randn(512, dim, generator=gen)
+    q[:8] = 0.0
+    q[:8, :4] = 1.0  # mass on a few components: the worst case of the rounding terms
+    g[:32] = q[0] * (1 + 1e-3 * torch.randn(32, dim, generator=gen))
+    exact = q @ g.T
+    low = two_stage.low_precision_scores(q.to(dtype), g.to(dtype)).float()
+    bound = two_stage.kappa(dim, dtype) * q.norm(dim=1)[:, None] * g.norm(dim=1)[None, :]
+    assert ((low - exact).abs() <= bound).all()
+    assert ((low - exact).abs() > bound / 64).any()  # the bound is not vacuous
+
+
+def band_edge_problem(dim: int = 64, gallery: int = 3000, seed: int = 0, dtype=torch.bfloat16):
+    """Unit queries whose positive scores s; a third of the gallery placed at
+    s +- E * (0.5 ... 1.5) by construction, so many items straddle the band's edges
+    (and none within 1e-4 of s, where fp32 itself is ambiguous)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.nn.functional.normalize(torch.randn(20, dim, generator=gen), dim=-1)
+    g = torch.nn.functional.normalize(torch.randn(gallery, dim, generator=gen), dim=-1)
+    positives = torch.randint(0, gallery, (20, 1), generator=gen)
+    edge = float(two_stage.kappa(dim, dtype))
+    for i in range(20):
+        own = float(q[i] @ g[positives[i, 0]])
+        rows = torch.arange(i * 50, i * 50 + 50) % gallery
+        rows = rows[rows != positives[i, 0]]
+        offsets = edge * (0.5 + torch.rand(len(rows), generator=gen)) * torch.where(
+            torch.rand(len(rows), generator=gen) < 0.5, -1.0, 1.0)
+        target = (own + offsets).clamp(-0.99, 0.99)
+        orth = torch.randn(len(rows), dim, generator=gen)
+        orth -= (orth @ q[i])[:, None] * q[i]
+        orth = torch.nn.functional.normalize(orth, dim=-1)
+        g[rows] = target[:, None] * q[i] + (1 - target[:, None] ** 2).sqrt() * orth
+    exclude = torch.full((20,), -1)
+    return q, g, positives, exclude
+
+
+@pytest.mark.parametrize("dtype", FORMATS)
+def test_counts_equal_the_reference_at_the_band_edges(dtype):
+    q, g, positives, exclude = band_edge_problem(dtype=dtype)
+    low = two_stage.low_precision_scores(q.to(dtype), g.to(dtype)).float()
+    own = reference.rowwise_similarity(q, g[positives[:, 0]])
+    margin = two_stage.margins(q, g, dtype)
+    inside = ((low - own[:, None]).abs() <= margin[:, None]).sum()
+    assert inside > 200  # the problem does what it says: many items are rescored
+    expected = reference.target_rank_counts(q, g, positives, exclude)
+    assert_counts_equal(two_stage.target_rank_counts(q, g, positives, exclude, dtype), expected, torch.float32)
+
+
+@pytest.mark.parametrize("tiles", [(None, None), (7, 64), (64, 33)])
+@pytest.mark.parametrize("kind", ["random", "integer", "equal", "reference_best"])
+def test_counts_equal_the_reference_for_every_kind_and_tile(kind, tiles):
+    q, g, positives, exclude = make_problem(37, 300, 24, num_pos=3, kind=kind, seed=5)
+    got = two_stage.target_rank_counts(q, g, positives, exclude, query_tile=tiles[0], gallery_tile=tiles[1])
+    assert_counts_equal(got, reference.target_rank_counts(q, g, positives, exclude), torch.float32)
+
+
+def test_copies_of_positives_and_of_band_items_tie_across_blocks():
+    q, g, positives, exclude = band_edge_problem(gallery=600, seed=3)
+    for i in range(0, 20, 2):
+        g[(positives[i, 0] + 301) % 600] = g[positives[i, 0]]  # a copy of the positive, another block
+    g[500:510] = g[0]
+    expected = reference.target_rank_counts(q, g, positives, exclude)
+    got = two_stage.target_rank_counts(q, g, positives, exclude, gallery_tile=128)
+    assert_counts_equal(got, expected, torch.float32)
+    assert (got[1][::2] >= 1).all()  # each copied positive ties with its copy
+
+
+@pytest.mark.parametrize("query_tokens", [0, 4])
+def test_maxsim_counts_equal_the_reference(query_tokens):
+    gen = torch.Generator().manual_seed(1)
+    g = torch.nn.functional.normalize(torch.randn(200, 8, 32, generator=gen), dim=-1)
+    shape = (30, query_tokens, 32) if query_tokens else (30, 32)
+    q = torch.nn.functional.normalize(torch.randn(shape, generator=gen), dim=-1)
+    positives = torch.randint(0, 200, (30, 2), generator=gen)
+    exclude = torch.randint(0, 200, (30,), generator=gen)
+    exclude[positives[:, 0] == exclude] = -1
+    exclude[positives[:, 1] == exclude] = -1
+    g[150] = g[3]
+    expected = reference.target_rank_counts(q, g, positives, exclude)
+    assert_counts_equal(two_stage.target_rank_counts(q, g, positives, exclude, gallery_tile=50), expected,
+                        torch.float32)
+
+
+@pytest.mark.parametrize("dtype", FORMATS)
+def test_mixed_sweep_counts_equal_the_reference(dtype):
+    from benches.scoring_job import simplex
+
+    gen = torch.Generator().manual_seed(2)
+    g = torch.nn.functional.normalize(torch.randn(800, 32, generator=gen), dim=-1)
+    target = torch.randint(0, 800, (40,), generator=gen)
+    parts = tuple(torch.nn.functional.normalize(g[target] + s * torch.randn(40, 32, generator=gen), dim=-1)
+                  for s in (0.3, 1.0, 0.2))
+    g[700] = g[target[0]]  # a copy of a positive
+    positives = torch.stack([target, torch.randint(0, 800, (40,), generator=gen)], 1)
+    positives[::2, 1] = -1
+    exclude = (target + 1) % 800
+    weights = simplex(6)
+    expected = reference.mixed_rank_counts(parts, g, weights, positives, exclude)
+    got = two_stage.mixed_rank_counts(parts, g, weights, positives, exclude, dtype, rows_per_chunk=16)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    pad = torch.isnan(expected[2])
+    torch.testing.assert_close(got[2][~pad], expected[2][~pad], atol=1e-5, rtol=1e-5)
+    negative = torch.tensor([[1.0, -0.5, 0.5]])  # settles nothing: the fp32 reference
+    assert torch.equal(two_stage.mixed_rank_counts(parts, g, negative, positives, exclude)[0],
+                       reference.mixed_rank_counts(parts, g, negative, positives, exclude)[0])
+
+
+def test_dispatch_takes_two_stage_on_a_bf16_cpu_and_says_so(monkeypatch):
+    q, g, positives, exclude = make_problem(9, 50, 16, seed=4)
+    expected = reference.target_rank_counts(q, g, positives, exclude)
+    monkeypatch.delenv("COIR_KERNELS", raising=False)
+    for fast, chosen in ((True, "two-stage"), (False, "reference")):
+        monkeypatch.setattr(kernels, "cpu_multiplies_bf16", lambda fast=fast: fast)
+        assert_counts_equal(kernels.target_rank_counts(q, g, positives, exclude), expected, torch.float32)
+        assert kernels.used()["target_rank_counts"] == chosen
+    monkeypatch.setattr(kernels, "cpu_multiplies_bf16", lambda: True)
+    monkeypatch.setenv("COIR_KERNELS", "reference")  # fp32 only, on request
+    kernels.target_rank_counts(q, g, positives, exclude)
+    assert kernels.used()["target_rank_counts"] == "reference"
+    kernels.topk_excluding(q, g, 3, exclude, impl="two-stage")  # no two-stage top-K: the reference
+    assert kernels.used()["topk_excluding"] == "reference"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FORMATS)
+def test_on_cuda_counts_equal_the_reference(dtype):
+    """cuBLAS with full-precision sums (reduced-precision reductions turned off)."""
+    q, g, positives, exclude = band_edge_problem(dim=256, gallery=20000, dtype=dtype)
+    expected = reference.target_rank_counts(q, g, positives, exclude)
+    got = two_stage.target_rank_counts(q.cuda(), g.cuda(), positives.cuda(), exclude.cuda(), dtype)
+    assert_counts_equal(tuple(x.cpu() for x in got), expected, torch.float32)
+
+
+@pytest.mark.gpu
+def test_self_check_passes_every_triton_operation_on_this_card():
+    from kernels import self_check
+
+    device = torch.device("cuda")
+    for op in ("target_rank_counts", "topk_excluding", "mixed_rank_counts"):
+        assert self_check.passes(op, device), op
+
+
+def test_self_check_falls_back_and_warns_once_on_a_disagreeing_kernel(monkeypatch):
+    from kernels import self_check
+
+    monkeypatch.setattr(self_check, "_agrees", lambda op, device: False)
+    monkeypatch.setattr(self_check, "_RESULTS", {})
+    with pytest.warns(UserWarning, match="target_rank_counts disagrees with the reference"):
+        assert not self_check.passes("target_rank_counts", torch.device("cpu"))
+    assert not self_check.passes("target_rank_counts", torch.device("cpu"))  # no second warning
