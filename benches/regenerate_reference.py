@@ -49,6 +49,8 @@ DEFAULT_CHECKPOINT = f"{OUT}/checkpoints/{run_stem(DEFAULT)}"  # seed 0's
 # presentation's batch-size finding in miniature.
 FROM_DEFAULT = ["--checkpoint", DEFAULT_CHECKPOINT, "--train", "--recipe", "covr", "--deepspeed", "none",
                 "--epochs", "1", "--max-train-queries", "8000", "--threads", "2"]
+WEBVID = ["--suite", "webvid-covr"]
+WEBVID_CHECKPOINT = f"{OUT}/checkpoints/{run_stem([*DEFAULT, *WEBVID])}"  # seed 0's
 BATCH_16 = [*FROM_DEFAULT, "--batch-size", "16"]
 BATCH_256 = [*FROM_DEFAULT, "--batch-size", "256", "--grad-cache-chunk", "64"]
 
@@ -71,6 +73,9 @@ JOBS: list[tuple[str, list[str]]] = [
                                         "--precision", "fp32", "--batch-size", "2", "--repeats", "2"]),
     ("every mixing mode on the default checkpoint",
      [*RUN, "--checkpoint", DEFAULT_CHECKPOINT, "--no-train", "--mix", "sweep", "learn", "median", "max"]),
+    ("WebVid-CoVR (generated clips): blip-tiny trained on train, test scored, seeds 0-2", with_seeds(WEBVID, THREE)),
+    ("every mixing mode on WebVid-CoVR's seed-0 checkpoint",
+     [*RUN, *WEBVID, "--checkpoint", WEBVID_CHECKPOINT, "--no-train", "--mix", "sweep", "median", "max"]),
     ("CoVR's recipe from the default checkpoint, batch 16, seeds 0-2", with_seeds(BATCH_16, THREE)),
     ("the same, batch 256 through gradient caching, seeds 0-2", with_seeds(BATCH_256, THREE)),
     ("batch 256 against batch 16, paired over the same queries",

@@ -13,6 +13,7 @@ from harness.core.errors import HarnessError
 from harness.core.precision import PRECISIONS
 from harness.evaluation.protocols.base import ScoringRules
 from harness.mixing.modes import MixSettings, parse_modes
+from harness.suites import SUITES
 from harness.training.losses import LOSSES
 from harness.training.recipes import RECIPES, SCHEDULES, default_recipe
 from harness.training.settings import TrainSettings
@@ -68,6 +69,9 @@ class RunConfig:
     gallery: str = "split"  # "split": the split file's images (official); "folder": every image of its folder
     gallery_model: str = "auto"  # whose features the gallery is scored with (harness/evaluation/fixed_gallery.py)
     save_embeddings: bool = False  # also write <run>.embeddings.safetensors (harness/score.py's format)
+    # video suites (harness/suites/webvid_covr.py): the query's frame, how a target's frames pool
+    video_query_frame: str = "middle"
+    video_pooling: str = "query"
     # mixed embeddings (harness/mixing/core.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
     mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
@@ -88,6 +92,8 @@ class RunConfig:
         if recipe not in RECIPES:
             raise HarnessError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
         values = {**RECIPES[recipe], **given, "recipe": recipe}
+        if "split" not in given:  # the suite's own (val; WebVid-CoVR's test, which has targets)
+            values["split"] = SUITES.get(values.get("suite", cls.suite)).default_split
         if "train" not in given:
             # A randomly initialised backbone is meaningless untrained.
             values["train"] = values.get("backbone", cls.backbone) == "blip-tiny" and not values.get("checkpoint")
@@ -132,6 +138,16 @@ class RunConfig:
         unlike any one seed's)."""
         return dataclasses.replace(self, seed=None).hash()
 
+    def suite_options(self, suite_cls) -> dict:
+        """The RunConfig fields a suite takes (its `options`: the video suites' frame
+        rules); one set away from its default for a suite that does not take it is an error."""
+        taken = getattr(suite_cls, "options", ())
+        for name in SUITE_OPTIONS:
+            if name not in taken and getattr(self, name) != ADDED_FIELDS[name]:
+                raise HarnessError(f"--{name.replace('_', '-')} applies to video suites (webvid-covr), "
+                                   f"not {self.suite}: leave it out")
+        return {name: getattr(self, name) for name in taken}
+
     def load_options(self) -> LoadOptions:
         return LoadOptions(self.checkpoint, self.checkpoint_format, self.tokenizer, self.model_config, self.seed)
 
@@ -157,4 +173,6 @@ _FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_embeddings")
 # Fields added after results were published: omitted from the hash at these values.
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
-                "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000}
+                "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
+                "video_query_frame": "middle", "video_pooling": "query"}
+SUITE_OPTIONS = ("video_query_frame", "video_pooling")  # fields only some suites take

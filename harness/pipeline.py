@@ -62,7 +62,7 @@ def preflight(config: RunConfig):
     except HarnessError as err:
         problems.append(str(err))
     try:
-        suite = suite_cls(Path(config.data_root) if config.data_root else None)
+        suite = suite_cls(Path(config.data_root) if config.data_root else None, **config.suite_options(suite_cls))
     except HarnessError as err:
         problems.append(str(err))
     if problems:
@@ -99,12 +99,13 @@ def load_splits(config: RunConfig, suite) -> tuple[SplitData, SplitData | None]:
             raise HarnessError(f"--gallery folder is defined for CIRR-layout suites (cirr, shapes), not {config.suite}")
         data = folder_gallery(data)
     data = cleaned(data, config.caption_cleaning)
-    check_images(data, list(dict.fromkeys([*data.gallery, *(q.reference for q in data.queries)])))
+    gallery_images = [i for item in data.gallery for i in data.images_of(item)]
+    check_images(data, list(dict.fromkeys([*gallery_images, *(q.reference for q in data.queries)])))
     if not config.train:
         return data, None
     # A suite without a train split of its own (CIRCO) says what to train on instead.
     train_data = cleaned(getattr(suite, "load_training", suite.load)(config.train_split), config.caption_cleaning)
-    used = [i for q in train_data.queries if q.target for i in (q.reference, q.target)]
+    used = [i for q in train_data.queries if q.target for i in (q.reference, *train_data.images_of(q.target))]
     check_images(train_data, list(dict.fromkeys(used)))
     return data, train_data
 

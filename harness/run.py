@@ -18,6 +18,7 @@ from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
 from harness.suites import SUITES
 from harness.suites.captions import CLEANINGS
 from harness.suites.cirr_layout import GALLERIES
+from harness.suites.webvid_covr import POOLINGS, QUERY_FRAMES
 from harness.training.losses import LOSSES
 from harness.training.recipes import RECIPES, SCHEDULES
 
@@ -30,6 +31,7 @@ examples:
   python -m harness.run --backbone blip-tiny --checkpoint results/checkpoints/<run> --no-train
   python -m harness.run --suite fashioniq                 # generated FashionIQ: trained on train, R@10/50 on val
   python -m harness.run --suite circo                     # generated CIRCO, zero-shot after shapes training
+  python -m harness.run --suite webvid-covr               # generated clips: trained on train, R@K on test
   python -m harness.run --mix sweep learn median max     # mixed embeddings, tuned on half of val
   python -m harness.run --backbone blip-large --suite circo --data-root /data/CIRCO --split test --no-train
   python -m harness.run --backbone blip-large --suite cirr --data-root /data/CIRR \\
@@ -59,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _what_to_run(add) -> None:
     add("--backbone", default="blip-tiny", help="model to evaluate (default blip-tiny)")
     add("--suite", default="shapes", help="dataset (default shapes, generated offline)")
-    add("--split", default="val",
-        help="split to evaluate: val (metrics) or the test split (server files: cirr test1, circo test)")
+    add("--split",
+        help="split to evaluate: the suite's default (val; webvid-covr: test) or the test split "
+             "(server files: cirr test1, circo test)")
     add("--train-split", help="split to fine-tune on (default train)")
     add("--data-root", help="dataset folder in the suite's layout (shapes: generated if empty; "
                             "fashioniq, circo: generated into the cache when not given)")
@@ -130,6 +133,12 @@ def _evaluation(add) -> None:
     add("--save-embeddings", action="store_true", default=None,
         help="also write <run>.embeddings.safetensors: gallery, composed and baseline embeddings with their ids, "
              "the format python -m harness.score reads")
+    add("--video-query-frame", choices=QUERY_FRAMES,
+        help="video suites: the reference video's frame the query uses, middle (CoVR's default) or random "
+             "(seeded by the pair id)")
+    add("--video-pooling", choices=POOLINGS,
+        help="video suites: how a target video's sampled frames pool into its embedding: query (CoVR's "
+             "default, softmax(scores / 0.1) of the annotation), mean, or the middle frame")
     add("--gallery", choices=GALLERIES,
         help="split (the split file's images, the official protocol; default) or folder (every image of "
              "the split's folder, as CoVR's val script); CIRR-layout suites")

@@ -85,12 +85,13 @@ def rank_counts_dense(
     scores (Q, C), valid (Q, C) bool (candidates that take part in the ranking),
     positives (Q, P) long candidate indices, -1 for padding; each must be a valid
     candidate (the caller removes excluded items from the positives).
-    Returns (greater, equal, positive_scores), each (Q, P):
-    greater = valid candidates scoring strictly above the positive,
-    equal = valid candidates other than the positive itself scoring exactly the same,
-    positive_scores = the positive's own score (nan for padding).
+    Returns (greater, equal, positive_scores), each (Q, P): the valid candidates scoring
+    strictly above the positive, those other than the positive scoring exactly the
+    same, and the positive's own score (nan for padding).
     """
     pad = positives < 0
+    if scores.shape[1] == 0:  # no candidates (a suite without image sets): every positive is padding
+        return torch.zeros_like(positives), torch.zeros_like(positives), torch.full(positives.shape, float("nan"))
     index = positives.clamp(min=0)
     pos_scores = scores.gather(1, index)
     masked = scores.masked_fill(~valid, float("nan"))  # nan compares False both ways

@@ -40,6 +40,14 @@ from kernels import counting, duplicates, gemm, reference
 # float32: the fp32 GEMM itself, whose scores differ from a rescoring's by at most 2 gamma
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 0.0}
 FP32_UNIT_ROUNDOFF = 2.0**-24
+# Past this fraction of (query, item) pairs inside the band, rescoring costs more than
+# the low-precision GEMM saves (a pair rescored costs tens of GEMM multiply-adds): the
+# rest is scored in fp32. Generated unit vectors put ~0.005% of pairs in the bf16 band
+# at D=256; the default checkpoint's CIRR val embeddings (D=64, clustered) put 7%.
+DENSE_BAND = 0.01
+# The mixed sweep: an unsettled item costs what the reference pays for every item (W
+# mixed scores) and more, so past this fraction the reference takes the remaining rows.
+DENSE_BAND_MIXED = 0.05
 # Tiles: bigger than the fp32 path's, since a bf16 tile is half the bytes and the
 # GEMM's efficiency grows with its size.
 QUERY_TILE = 2048
@@ -98,10 +106,7 @@ def low_precision_scores(query_lp: torch.Tensor, gallery_lp: torch.Tensor,
 
 def _scores(query_lp: torch.Tensor, gallery_lp: torch.Tensor, buffer) -> torch.Tensor:
     if query_lp.ndim == 2 and gallery_lp.ndim == 2:
-        if buffer is None or query_lp.is_cuda:
-            return query_lp @ gallery_lp.T
-        out = buffer.get(query_lp.shape[0], gallery_lp.shape[0], query_lp)
-        return torch.matmul(query_lp, gallery_lp.T, out=out)
+        return gemm.scores(query_lp, gallery_lp, buffer)  # fp32 (after a dense band): the faster GEMM
     q = query_lp if query_lp.ndim == 3 else query_lp[:, None, :]
     g = gallery_lp if gallery_lp.ndim == 3 else gallery_lp[:, None, :]
     return torch.einsum("qsd,gtd->qgst", q, g).amax(dim=(-1, -2))
@@ -137,18 +142,42 @@ def counts_against(query: torch.Tensor, gallery: torch.Tensor, positives: torch.
                                    if multi else QUERY_TILE)
     columns = gallery_tile or (64 if multi else GALLERY_TILE)
     buffer = gemm.TileBuffer()
+    if dtype != torch.float32 and _dense_band(q32, q_lp, g32, g_lp, positives, exclude, margin, copies, own,
+                                              min(256, rows_per_tile), columns):
+        dtype, q_lp, g_lp, margin = torch.float32, q32, g32, margins(q32, g32, torch.float32)
+    scored = rescored = 0
     for start in range(0, query.shape[0], rows_per_tile):
         stop = min(start + rows_per_tile, query.shape[0])
         chunk = _Chunk(q32[start:stop], q_lp[start:stop], g32, positives[start:stop].to(device),
                        exclude[start:stop].to(device), margin[start:stop], copies,
                        None if own is None else own[start:stop].to(device))
+        before = rescored
         for block in range(0, gallery.shape[0], columns):
-            chunk.count_block(low_precision_scores(chunk.q_lp, g_lp[block : block + columns], buffer), block)
+            tile = low_precision_scores(chunk.q_lp, g_lp[block : block + columns], buffer)
+            chunk.count_block(tile, block)
+            scored, rescored = scored + tile.numel(), before + chunk.rescored
+            if dtype != torch.float32 and rescored > DENSE_BAND * scored:
+                # counts so far are exact whatever the format: go on in fp32 with its own (2 gamma) band
+                dtype, q_lp, g_lp = torch.float32, q32, g32
+                margin = margins(q32, g32, dtype)
+                chunk.narrow(q32[start:stop], margin[start:stop])
         pad = torch.isnan(chunk.own)
         greater[start:stop] = chunk.above.masked_fill(pad, 0)
         equal[start:stop] = (chunk.at_least - chunk.above).masked_fill(pad, 0)
         pos_scores[start:stop] = chunk.own
     return greater, equal, pos_scores
+
+
+def _dense_band(q32, q_lp, g32, g_lp, positives, exclude, margin, copies, own, rows: int,
+                columns: int) -> bool:
+    """Whether more than DENSE_BAND of a probe's (query, item) pairs fall inside a band:
+    the first `rows` queries against the first `columns` items, no rescoring."""
+    probe = _Chunk(q32[:rows], q_lp[:rows], g32, positives[:rows].to(q32.device), exclude[:rows].to(q32.device),
+                   margin[:rows], copies, None if own is None else own[:rows].to(q32.device))
+    tile = low_precision_scores(probe.q_lp, g_lp[:columns]).float()
+    inside = sum(((tile[live] >= probe.low[live, p, None]) & (tile[live] <= probe.high[live, p, None])).sum().item()
+                 for p, live in enumerate(probe.lives))
+    return inside > DENSE_BAND * tile.numel()
 
 
 def _pairs(query: torch.Tensor, gallery: torch.Tensor) -> int:
@@ -172,6 +201,13 @@ class _Chunk:
         self.above = torch.zeros(pos.shape, dtype=torch.int64, device=pos.device)
         self.at_least = torch.zeros_like(self.above)
         self.lives = [torch.nonzero(~torch.isnan(own[:, p])).squeeze(1) for p in range(pos.shape[1])]
+        self.rescored = 0  # (row, item) pairs inside a band so far
+
+    def narrow(self, q_scoring: torch.Tensor, margin: torch.Tensor) -> None:
+        """Score the remaining blocks from `q_scoring` with bands of half-width `margin`."""
+        self.q_lp = q_scoring
+        self.low = self.own - margin[:, None]
+        self.high = self.own + margin[:, None]
 
     def count_block(self, tile: torch.Tensor, block: int) -> None:
         """tile (R, C) low-precision scores of gallery columns block ... block + C - 1."""
@@ -192,6 +228,7 @@ class _Chunk:
         band = tile[rows].float()
         inside = (band >= self.low[rows, p, None]) & (band <= self.high[rows, p, None])
         at, column = torch.nonzero(inside, as_tuple=True)
+        self.rescored += len(at)
         row, item = rows[at], column + block
         keep = (item != self.pos[row, p]) & (item != self.skip[row])  # the two take no part
         row, item = row[keep], item[keep]
@@ -252,28 +289,47 @@ def mixed_rank_counts(parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ga
     pos_scores = torch.full(shape, float("nan"), device=g.device)
     for start in range(0, q.shape[0], rows_per_chunk):
         stop = min(start + rows_per_chunk, q.shape[0])
-        three = torch.stack([q[start:stop], t[start:stop], f[start:stop]])  # (3, R, D)
-        blocks = low_precision_scores(three.reshape(-1, g.shape[1]).to(dtype), g_lp).view(3, stop - start, -1)
-        group_scores = [copies.scores(part) for part in three]
-        for p in range(positives.shape[1]):
-            pos = positives[start:stop, p].to(g.device)
-            live = torch.nonzero(pos >= 0).squeeze(1)
-            if len(live) == 0:
-                continue
-            own = torch.stack([copies.own(three[k][live], g, pos[live], None if group_scores[k] is None
-                                          else group_scores[k][live]) for k in range(3)])  # (3, L)
-            above, at_least = _mixed_column(blocks[:, live], three[:, live], g, copies,
-                                            [None if s is None else s[live] for s in group_scores], own, pos[live],
-                                            exclude[start:stop].to(g.device)[live], w, margin)
-            greater[:, start + live, p] = above
-            equal[:, start + live, p] = at_least - above
-            pos_scores[:, start + live, p] = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
+        if not _mixed_chunk(q, t, f, g, g_lp, copies, positives, exclude, w, margin, dtype, start, stop,
+                            (greater, equal, pos_scores)):
+            # most items unsettled: each needs all W triples anyway, the reference's loop is cheaper
+            rest = reference.mixed_rank_counts(tuple(part[start:] for part in parts), gallery, weights,
+                                               positives[start:], exclude[start:])
+            for out, part in zip((greater, equal, pos_scores), rest):
+                out[:, start:] = part.to(out.device)
+            break
     return greater, equal, pos_scores
 
 
-def _mixed_column(blocks_lp, three, g, copies, group_scores, own, pos, skip, w, margin):
+def _mixed_chunk(q, t, f, g, g_lp, copies, positives, exclude, w, margin, dtype, start, stop, outputs) -> bool:
+    """Counts of query rows start ... stop - 1 into `outputs`; False (nothing written
+    for a column left) when a column's unsettled items exceed DENSE_BAND_MIXED."""
+    greater, equal, pos_scores = outputs
+    three = torch.stack([q[start:stop], t[start:stop], f[start:stop]])  # (3, R, D)
+    blocks = low_precision_scores(three.reshape(-1, g.shape[1]).to(dtype), g_lp).view(3, stop - start, -1)
+    group_scores = [copies.scores(part) for part in three]
+    for p in range(positives.shape[1]):
+        pos = positives[start:stop, p].to(g.device)
+        live = torch.nonzero(pos >= 0).squeeze(1)
+        if len(live) == 0:
+            continue
+        own = torch.stack([copies.own(three[k][live], g, pos[live], None if group_scores[k] is None
+                                      else group_scores[k][live]) for k in range(3)])  # (3, L)
+        counted = _mixed_column(blocks[:, live], three[:, live], g, copies,
+                                [None if s is None else s[live] for s in group_scores], own, pos[live],
+                                exclude[start:stop].to(g.device)[live], w, margin,
+                                DENSE_BAND_MIXED * len(live) * g.shape[0])
+        if counted is None:
+            return False
+        above, at_least = counted
+        greater[:, start + live, p] = above
+        equal[:, start + live, p] = at_least - above
+        pos_scores[:, start + live, p] = counting.mixed_scores(own[:, :, None], w)[:, :, 0]
+    return True
+
+
+def _mixed_column(blocks_lp, three, g, copies, group_scores, own, pos, skip, w, margin, limit):
     """Counts (W, L) of one positive column: settled items from the low-precision
-    blocks, the rest from their fp32 scores."""
+    blocks, the rest from their fp32 scores; None when more than `limit` are unsettled."""
     d = blocks_lp.float() - own[:, :, None]  # (3, L, G)
     rows = torch.arange(d.shape[1], device=d.device)
     for item in (pos, skip):  # the positive and the excluded item take no part
@@ -282,6 +338,8 @@ def _mixed_column(blocks_lp, three, g, copies, group_scores, own, pos, skip, w, 
     settled_above = (d.amin(0) > margin).sum(1)  # nan compares False: never settled
     unsettled = ~((d.amin(0) > margin) | (d.amax(0) < -margin)) & ~torch.isnan(d).any(0)
     at, item = torch.nonzero(unsettled, as_tuple=True)
+    if len(at) > limit:
+        return None
     exact = torch.stack([_exact_scores(three[k], g, copies, group_scores[k], at, item) for k in range(3)])
     differences = exact - own[:, at]  # (3, N)
     mixed = counting.mixed_scores(differences[:, None, :], w)[:, 0, :]  # (W, N)

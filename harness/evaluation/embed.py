@@ -69,7 +69,8 @@ def embed_split(
     interrupted extraction resumes (harness/evaluation/partial_embeddings.py); None keeps nothing."""
     rank, world = distributed.rank_and_world()
     queries = data.queries
-    image_ids = list(dict.fromkeys([*data.gallery, *(q.reference for q in queries)]))
+    gallery_images = [image for item in data.gallery for image in data.images_of(item)]
+    image_ids = list(dict.fromkeys([*gallery_images, *(q.reference for q in queries)]))
     start_time = time.perf_counter()
     chunks = PartialEmbeddings(partial, world, rank, batch_size) if partial is not None else None
     pieces = _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank, world, chunks)
@@ -89,7 +90,7 @@ def embed_split(
     reference_rows = torch.tensor([row[q.reference] for q in queries], dtype=torch.long)
     return SplitEmbeddings(
         gallery_ids=list(data.gallery),
-        gallery=image_emb[: len(data.gallery)],
+        gallery=pooled_items(data, data.gallery, image_emb, row),
         composed=_assemble(merged["composed"], len(queries)),
         image=image_emb[reference_rows],
         text=_assemble(merged["text"], len(queries)),
@@ -102,6 +103,24 @@ def embed_split(
             "queries_per_second": len(queries) / max(seconds, 1e-9),
         },
     )
+
+
+def pooled_items(data: SplitData, items: list[str], image_emb: torch.Tensor, row: dict[str, int]) -> torch.Tensor:
+    """One embedding per item: an image's own, or a video's frames weighted by their
+    pooling weights and L2-normalised again (per token for multi-vector features),
+    as CoVR pools a target video's frame embeddings."""
+    if not data.frames:
+        return image_emb[[row[i] for i in items]]
+    out = torch.empty(len(items), *image_emb.shape[1:])
+    for k, item in enumerate(items):
+        if item not in data.frames:
+            out[k] = image_emb[row[item]]
+            continue
+        frames = data.frames[item]
+        weights = torch.tensor([w for _, w in frames]).view(-1, *[1] * (image_emb.ndim - 1))
+        pooled = (image_emb[[row[f] for f, _ in frames]] * weights).sum(0)
+        out[k] = torch.nn.functional.normalize(pooled, dim=-1)
+    return out
 
 
 def _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank, world,

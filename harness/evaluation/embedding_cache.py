@@ -47,6 +47,7 @@ def identity(backbone, data: SplitData, precision: str) -> dict:
         "split_sha256": data.provenance.get("split_sha256"),
         "gallery": [data.provenance.get("gallery", "split file"), data.provenance.get("gallery_listing_sha256")],
         "suite_version": suite_version(data),
+        **({"video": data.provenance["video"]} if data.provenance.get("video") else {}),
     }
 
 

@@ -102,7 +102,8 @@ def build_labels(queries: Sequence[Query], gallery_index: dict[str, int]) -> Que
     for q in queries:
         labels = {gid: max(v, 0.0) for gid, v in q.target_soft.items() if v > 0}
         pos_ids = ([q.target] if q.target is not None else []) + [g for g in labels if g != q.target]
-        pos_ids = [g for g in pos_ids if g != q.reference]  # the reference never ranks
+        removed = q.reference_item or q.reference  # the reference (its video, for a frame) never ranks
+        pos_ids = [g for g in pos_ids if g != removed]
         rows.append((q, pos_ids, labels))
     width = max((len(p) for _, p, _ in rows), default=0)
     members_width = max((len(q.members) for q in queries), default=0)
@@ -114,7 +115,7 @@ def build_labels(queries: Sequence[Query], gallery_index: dict[str, int]) -> Que
     members = torch.full((n, members_width), -1, dtype=torch.long)
     reference = torch.empty(n, dtype=torch.long)
     for i, (q, pos_ids, labels) in enumerate(rows):
-        reference[i] = gallery_index[q.reference]
+        reference[i] = gallery_index.get(q.reference_item or q.reference, -1)
         members[i, : len(q.members)] = torch.tensor([gallery_index[m] for m in q.members])
         for j, gid in enumerate(pos_ids):
             positives[i, j] = gallery_index[gid]

@@ -27,6 +27,7 @@ from harness.core.atomic import replace_atomically  # noqa: E402
 from harness.mixing.grid import best_index  # noqa: E402
 
 PANELS = ("R@1", "R@5", "Avg")
+VIDEO_PANELS = ("R@1", "R@5", "R@10")  # no image sets, so no Avg (WebVid-CoVR)
 CORNERS = {"q": (0.0, 0.0), "t": (1.0, 0.0), "f(q,t)": (0.5, math.sqrt(3) / 2)}
 
 
@@ -43,9 +44,10 @@ def write_heatmap(block: dict, path: Path, title: str, machine: str) -> Path:
     triangulation = mtri.Triangulation(xs, ys)
     learned = block.get("learned", {}).get("weights")
     sets = (("tuning", block["tuning"]), ("evaluation", block["evaluation"]))
-    fig, axes = plt.subplots(len(sets), len(PANELS), figsize=(4.2 * len(PANELS), 3.9 * len(sets)))
+    panels = PANELS if "Avg" in block.get("metrics", PANELS) else VIDEO_PANELS
+    fig, axes = plt.subplots(len(sets), len(panels), figsize=(4.2 * len(panels), 3.9 * len(sets)))
     for row, (name, described) in enumerate(sets):
-        for col, metric in enumerate(PANELS):
+        for col, metric in enumerate(panels):
             ax = axes[row][col]
             values = sweep[name][metric]
             image = ax.tripcolor(triangulation, values, shading="gouraud", cmap="viridis")

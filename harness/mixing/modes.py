@@ -65,8 +65,8 @@ def check(settings: MixSettings, suite, data: SplitData, backbone) -> None:
     """Before any embedding: refuse what mixing does not cover, saying why."""
     if not settings.modes:
         return
-    if getattr(suite, "scoring", "cirr") != "cirr":
-        raise HarnessError(f"--mix applies to suites scored with the CIRR protocol (cirr, shapes), "
+    if getattr(suite, "scoring", "cirr") not in ("cirr", "webvid"):
+        raise HarnessError(f"--mix applies to suites scored by rank on one gallery (cirr, shapes, webvid-covr), "
                            f"not {settings.suite} ({suite.scoring})")
     if getattr(backbone, "multi_vector", False) or getattr(backbone, "query_multi_vector", False):
         raise HarnessError(

@@ -45,9 +45,13 @@ class MixingBlock:
 
     def __init__(self, settings: MixSettings, tune: Part, tune_rule: str, evaluation: Part, eval_rule: str):
         self.settings, self.tune, self.evaluation = settings, tune, evaluation
+        # without image sets (WebVid-CoVR) Rsubset and Avg mean nothing: the Recall@K only
+        self.metrics = CIRR_METRICS if evaluation.labels.members.shape[1] else [m for m in CIRR_METRICS
+                                                                                if m.startswith("R@")]
         self.f_alone: dict[str, torch.Tensor] | None = None  # per-query values the rows are paired with
         self.block: dict = {
             "modes": list(settings.modes),
+            "metrics": self.metrics,
             "tuning": tune.describe(tune_rule),
             "evaluation": evaluation.describe(eval_rule),
             "parts": {"w0": "image-only q", "w1": "text-only t", "w2": "composed f(q,t)"},
@@ -88,7 +92,7 @@ class MixingBlock:
             "order": "w0 slowest, then w1; a metric's best is the first triple with its highest tuning value",
             "weights": [[round(w, 6) for w in row] for row in grid.tolist()], **swept,
         }
-        for metric in CIRR_METRICS:
+        for metric in self.metrics:
             best = best_index(swept["tuning"][metric])
             self.add_row(f"best {metric} on tuning", grid[best].tolist(), chosen_for=metric, sweep_index=best)
 

@@ -21,15 +21,17 @@ def mixing_markdown(block: dict, heatmap_dir: Path | None = None) -> list[str]:
     choice (weights best on tuning, value on tuning and evaluation, f alone beside it),
     the learned weights, the heat-map link (under `heatmap_dir` if given) and timings."""
     ev = block["evaluation"]
-    rows = [[r["method"], _weights(r["weights"]), *(r["metrics"][m] for m in CIRR_METRICS)] for r in block["rows"]]
+    metrics = block.get("metrics", CIRR_METRICS)
+    rows = [[r["method"], _weights(r["weights"]), *(r["metrics"][m] for m in metrics)] for r in block["rows"]]
     lines = ["### Mixed embeddings m = w0·q + w1·t + w2·f(q,t)", "", *_conditions(block),
              "", f"Evaluation set ({ev['queries']} queries), weights (w0 q, w1 t, w2 f):", "",
-             tabulate(rows, headers=["method", "weights", *CIRR_METRICS], tablefmt="github",
+             tabulate(rows, headers=["method", "weights", *metrics], tablefmt="github",
                       floatfmt=".2f", missingval=""), ""]
     lines += _per_metric_choice(block["rows"])
     if block.get("heatmap"):
         where = (heatmap_dir / block["heatmap"]).as_posix() if heatmap_dir is not None else block["heatmap"]
-        lines += [f"Heat-map of R@1, R@5 and Avg over the simplex (tuning and evaluation sets): "
+        panels = "R@1, R@5 and " + ("Avg" if "Avg" in metrics else "R@10")  # harness/mixing/heatmap.py
+        lines += [f"Heat-map of {panels} over the simplex (tuning and evaluation sets): "
                   f"[{block['heatmap']}]({where})", "", f"![mixing heat-map]({where})", ""]
     return lines
 
@@ -51,7 +53,7 @@ def _conditions(block: dict) -> list[str]:
     if "sweep" in block:
         sweep = block["sweep"]
         lines.append(
-            f"- sweep: {sweep['triples']} triples (step {sweep['step']}), every CIRR metric per triple: "
+            f"- sweep: {sweep['triples']} triples (step {sweep['step']}), every metric per triple: "
             f"{timings.get('sweep_tuning_seconds', float('nan')):.2f} s on tuning, "
             f"{timings.get('sweep_evaluation_seconds', float('nan')):.2f} s on evaluation"
         )

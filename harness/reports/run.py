@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.evaluation.fingerprint import differences
-from harness.evaluation.paper import PAPER_CIRCO, PAPER_CIRR, PAPER_FASHIONIQ
+from harness.evaluation.paper import PAPER_CIRCO, PAPER_CIRR, PAPER_FASHIONIQ, PAPER_WEBVID
 from harness.evaluation.protocols import PROTOCOLS, scoring_of
 from harness.reports.header import section_header
 from harness.reports.mixing import mixing_markdown
 from harness.reports.training import training_line
 
-PAPERS = {"cirr": PAPER_CIRR, "fashioniq": PAPER_FASHIONIQ, "circo": PAPER_CIRCO}  # suite -> paper rows
+PAPERS = {"cirr": PAPER_CIRR, "fashioniq": PAPER_FASHIONIQ, "circo": PAPER_CIRCO,
+          "webvid-covr": PAPER_WEBVID}  # suite -> paper rows
 
 
 def metrics_table(result: dict) -> str:

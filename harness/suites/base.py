@@ -30,6 +30,9 @@ class Query:
     # gt_img_ids); empty where `target` is the only one.
     ground_truths: tuple[str, ...] = ()
     group: str = ""  # the sub-gallery it is ranked in (FashionIQ's category); "" = the whole gallery
+    # The gallery item the reference comes from when it is not a gallery id itself
+    # (WebVid-CoVR: the reference video of a query frame), removed from the ranking.
+    reference_item: str = ""
 
 
 @dataclass
@@ -45,6 +48,13 @@ class SplitData:
     # Sub-galleries by name (FashionIQ: category -> its split file's ids, each a part
     # of `gallery`); a query whose `group` names one is ranked within it only.
     groups: dict[str, list[str]] = field(default_factory=dict)
+    # Gallery (or target) items that are videos: their frames' image ids and pooling
+    # weights (summing to 1); an item not listed is an image, embedded as itself.
+    frames: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+
+    def images_of(self, item_id: str) -> list[str]:
+        """The images an item is embedded from: its frames, or itself."""
+        return [frame for frame, _ in self.frames[item_id]] if item_id in self.frames else [item_id]
 
     def image_path(self, image_id: str) -> Path:
         return self.image_paths[image_id]

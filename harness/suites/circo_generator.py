@@ -24,9 +24,7 @@ distractor scenes; val and test share it, as they share COCO unlabeled2017.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from harness.suites import shapes_generator
-from harness.suites.generated import replace_dir, write_json
+from harness.suites.generated import write_dataset, write_json
 from harness.suites.scenes import (
     BACKGROUND,
     Scene,
@@ -139,35 +137,26 @@ def _query(gallery: _Gallery, spec: CircoSpec, split: str, index: int) -> dict:
 
 
 def generate(root: Path, spec: CircoSpec) -> dict:
-    """Write the dataset to `root` atomically (a sibling tmp dir renamed into place)
-    and return its manifest."""
-    root = Path(root)
-    manifest = describe(spec)
-    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    """Write the dataset to `root` atomically and return its manifest."""
+    return write_dataset(root, describe(spec), lambda tmp: _write(tmp, spec))
+
+
+def _write(tmp: Path, spec: CircoSpec) -> dict:
     (tmp / IMAGE_DIR).mkdir(parents=True)
-    try:
-        gallery = _Gallery(tmp, spec.image_size)
-        for split in [s for s in SPLITS if s in spec.queries]:
-            queries = [_query(gallery, spec, split, i) for i in range(spec.queries[split])]
-            write_json(tmp / "annotations" / f"{split}.json", queries)
-        rng = _rng(spec.seed, "distractors")
-        for _ in range(spec.distractors):
-            gallery.image_id(base_scene(rng))
-        write_json(tmp / INFO_FILE, {
-            "info": {"description": "generated stand-in for COCO 2017 unlabeled images (coir-bench)"},
-            "images": gallery.images,
-        })
-        if spec.train_sets:
-            shapes_generator.generate(tmp / TRAIN_DIR, shapes_generator.ShapesSpec(
-                seed=spec.seed, image_size=spec.image_size,
-                sets={"train": spec.train_sets}, queries_per_set={"train": 5},
-            ))
-        manifest["images"] = len(gallery.images)
-        write_json(tmp / "manifest.json", manifest)
-        replace_dir(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    gallery = _Gallery(tmp, spec.image_size)
+    for split in [s for s in SPLITS if s in spec.queries]:
+        queries = [_query(gallery, spec, split, i) for i in range(spec.queries[split])]
+        write_json(tmp / "annotations" / f"{split}.json", queries)
+    rng = _rng(spec.seed, "distractors")
+    for _ in range(spec.distractors):
+        gallery.image_id(base_scene(rng))
+    write_json(tmp / INFO_FILE, {
+        "info": {"description": "generated stand-in for COCO 2017 unlabeled images (coir-bench)"},
+        "images": gallery.images,
+    })
+    if spec.train_sets:
+        shapes_generator.generate(tmp / TRAIN_DIR, shapes_generator.ShapesSpec(
+            seed=spec.seed, image_size=spec.image_size,
+            sets={"train": spec.train_sets}, queries_per_set={"train": 5},
+        ))
+    return {"images": len(gallery.images)}

@@ -22,13 +22,11 @@ test annotations carry no target, as in the release the benchmark reports val on
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.suites.generated import replace_dir, write_json
+from harness.suites.generated import write_dataset, write_json
 from harness.suites.scenes import (
     Edit,
     Scene,
@@ -134,28 +132,19 @@ class _SplitWriter:
 
 
 def generate(root: Path, spec: FashionIQSpec) -> dict:
-    """Write the dataset to `root` atomically (a sibling tmp dir renamed into place)
-    and return its manifest."""
-    root = Path(root)
-    manifest = describe(spec)
-    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    """Write the dataset to `root` atomically and return its manifest."""
+    return write_dataset(root, describe(spec), lambda tmp: _write(tmp, spec))
+
+
+def _write(tmp: Path, spec: FashionIQSpec) -> dict:
     (tmp / "images").mkdir(parents=True)
-    try:
-        counts = {}
-        for split in [s for s in SPLITS if s in spec.queries]:
-            for category in CATEGORIES:
-                writer = _SplitWriter(tmp, spec, category, split)
-                for index in range(spec.queries[split]):
-                    writer.add(index)
-                write_json(tmp / "captions" / f"cap.{category}.{split}.json", writer.annotations)
-                write_json(tmp / "image_splits" / f"split.{category}.{split}.json", list(writer.ids.values()))
-                counts[f"{category}.{split}"] = {"annotations": len(writer.annotations), "images": len(writer.ids)}
-        manifest["counts"] = counts
-        write_json(tmp / "manifest.json", manifest)
-        replace_dir(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    counts = {}
+    for split in [s for s in SPLITS if s in spec.queries]:
+        for category in CATEGORIES:
+            writer = _SplitWriter(tmp, spec, category, split)
+            for index in range(spec.queries[split]):
+                writer.add(index)
+            write_json(tmp / "captions" / f"cap.{category}.{split}.json", writer.annotations)
+            write_json(tmp / "image_splits" / f"split.{category}.{split}.json", list(writer.ids.values()))
+            counts[f"{category}.{split}"] = {"annotations": len(writer.annotations), "images": len(writer.ids)}
+    return {"counts": counts}

@@ -40,6 +40,24 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def write_dataset(root: Path, manifest: dict, write: Callable[[Path], dict]) -> dict:
+    """Generate into a sibling tmp dir (`write(tmp)` returns what to add to the
+    manifest), write manifest.json and swap the finished dataset in; nothing half
+    written is left at root."""
+    root = Path(root)
+    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = {**manifest, **write(tmp)}
+        write_json(tmp / "manifest.json", manifest)
+        replace_dir(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
 
 def replace_dir(finished: Path, root: Path) -> None:
     """Move `finished` to `root`; an existing root is swapped out, never written into."""

@@ -16,14 +16,12 @@ to the reference" nor "caption alone" can pick the target.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.suites.generated import replace_dir, write_json
+from harness.suites.generated import write_dataset, write_json
 from harness.suites.scenes import (
     EDITS_PER_SET,
     Scene,
@@ -201,24 +199,14 @@ def _write_split(out: Path, spec: ShapesSpec, split: str, progress: Callable) ->
 
 def generate(root: Path, spec: ShapesSpec,
              progress: Callable[[Iterable], Iterable] | None = None) -> dict:
-    """Write the dataset to `root` atomically and return its manifest.
-
-    Everything goes to a sibling tmp dir first, renamed into place when complete.
-    `progress` (e.g. tqdm) wraps each split's loop over sets.
-    """
-    root = Path(root)
+    """Write the dataset to `root` atomically (harness/suites/generated.py) and return
+    its manifest. `progress` (e.g. tqdm) wraps each split's loop over sets."""
     manifest = describe(spec)
     progress = progress or (lambda iterable: iterable)
-    tmp = root.parent / f"{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():  # left by an earlier crashed run of this very process id
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+
+    def write(tmp: Path) -> dict:
         for split in _splits(spec):
             manifest["splits"][split].update(_write_split(tmp, spec, split, progress))
-        write_json(tmp / "manifest.json", manifest)
-        replace_dir(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        return {"splits": manifest["splits"]}
+
+    return write_dataset(root, manifest, write)

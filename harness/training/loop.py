@@ -180,12 +180,13 @@ class Trainer:
         self.backbone, self.settings, self.device, self.checkpoint_dir = backbone, settings, device, checkpoint_dir
         self.plan = plan = BatchPlan.of(data, settings)
         store = ImageStore(data, backbone.preprocess, backbone.image_size,
-                           [i for q in plan.queries for i in (q.reference, q.target)])
+                           [i for q in plan.queries for i in (q.reference, *data.images_of(q.target))])
         self.trainable = backbone.trainable_parameters(settings.train_vision)
         trainable_ids = {id(p) for p in self.trainable}
         for p in backbone.model.parameters():
             p.requires_grad_(id(p) in trainable_ids)
-        tokens_frozen, targets_frozen = frozen_sides(backbone, store, plan.queries[0].target, device)
+        tokens_frozen, targets_frozen = frozen_sides(backbone, store, data.images_of(plan.queries[0].target)[0],
+                                                     device)
         self.engine = make_engine(backbone.model, settings, self.trainable, precision, device,
                                   micro_batch=plan.bounds[0][1] - plan.bounds[0][0], micro_steps=len(plan.bounds))
         self.loss_of = contrastive_loss(settings.loss, settings.temperature, settings.hnnce_alpha, settings.hnnce_beta)
@@ -198,10 +199,10 @@ class Trainer:
             target_ids = list(dict.fromkeys(q.target for q in plan.queries))
             say(f"targets fixed (a frozen vision side, or CoVR-2's features of the starting model): "
                 f"caching {len(target_ids)} target embeddings")
-            target_rows = cache_targets(backbone, store, target_ids, device, precision, self.engine.param_dtype,
-                                        max(plan.local, 64))
-        self.pairs = PairEmbedder(backbone, store, device, precision, self.engine.param_dtype, tokens_frozen,
-                                  target_rows)
+            target_rows = cache_targets(backbone, store, target_ids, data.frames, device, precision,
+                                        self.engine.param_dtype, max(plan.local, 64))
+        self.pairs = PairEmbedder(backbone, store, data.frames, device, precision, self.engine.param_dtype,
+                                  tokens_frozen, target_rows)
         self.state_path = state.state_dir(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress, self.resumed_from = self._resume()
 

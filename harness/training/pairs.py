@@ -34,11 +34,13 @@ def vision(backbone, precision: str, device, param_dtype):
     return lambda pixels: image_tokens(backbone, pixels, precision, device)
 
 
-def cache_targets(backbone, store: ImageStore, image_ids: list[str], device, precision: str,
+def cache_targets(backbone, store: ImageStore, target_ids: list[str], frames: dict, device, precision: str,
                   param_dtype, batch_size: int) -> dict[str, torch.Tensor]:
-    """Target embeddings of a frozen vision side, once, in eval mode (as evaluation computes them)."""
+    """Target embeddings of a frozen vision side, once, in eval mode (as evaluation
+    computes them; a video's from its pooled frames)."""
     was_training = backbone.model.training
     backbone.model.eval()
+    image_ids = list(dict.fromkeys(i for t in target_ids for i in _images(t, frames)))
     rows = {}
     try:
         tokens_of = vision(backbone, precision, device, param_dtype)
@@ -52,7 +54,24 @@ def cache_targets(backbone, store: ImageStore, image_ids: list[str], device, pre
                     rows[image_id] = emb
     finally:
         backbone.model.train(was_training)
-    return rows
+    return {t: pool(torch.stack([rows[i] for i in _images(t, frames)]), _weights(t, frames)) for t in target_ids}
+
+
+def _images(item: str, frames: dict) -> list[str]:
+    return [f for f, _ in frames[item]] if item in frames else [item]
+
+
+def _weights(item: str, frames: dict) -> list[float]:
+    return [w for _, w in frames[item]] if item in frames else [1.0]
+
+
+def pool(embeddings: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """A video's embedding from its frames' (F, ...): the weighted sum, normalised
+    again (one image: itself)."""
+    if len(weights) == 1:
+        return embeddings[0]
+    w = torch.tensor(weights, dtype=embeddings.dtype, device=embeddings.device).view(-1, *[1] * (embeddings.ndim - 1))
+    return torch.nn.functional.normalize((embeddings * w).sum(0), dim=-1)
 
 
 class PairEmbedder:
@@ -62,9 +81,9 @@ class PairEmbedder:
     tokens for its second pass: one ViT pass per image, at the cost of holding the
     batch's tokens (no graph) for the step."""
 
-    def __init__(self, backbone, store: ImageStore, device, precision: str, param_dtype,
+    def __init__(self, backbone, store: ImageStore, frames: dict, device, precision: str, param_dtype,
                  tokens_frozen: bool, target_rows: dict[str, torch.Tensor] | None):
-        self.backbone, self.store, self.device = backbone, store, device
+        self.backbone, self.store, self.frames, self.device = backbone, store, frames, device
         self.precision, self.param_dtype = precision, param_dtype
         self.tokens_frozen, self.target_rows = tokens_frozen, target_rows
         self.vision = vision(backbone, precision, device, param_dtype)
@@ -80,9 +99,15 @@ class PairEmbedder:
                 query = pooled(self.backbone.query_embedding_from_tokens(tokens, [q.caption for q in rows]).float())
             if self.target_rows is not None:
                 return query, pooled(torch.stack([self.target_rows[q.target] for q in rows]))
-            target_tokens = self.vision(self._pixels([q.target for q in rows]))
+            images = [i for q in rows for i in _images(q.target, self.frames)]
+            target_tokens = self.vision(self._pixels(images))
             with forward_context(self.precision, self.device, self.param_dtype):
-                return query, pooled(self.backbone.image_embedding_from_tokens(target_tokens).float())
+                embeddings = self.backbone.image_embedding_from_tokens(target_tokens).float()
+            if len(images) > len(rows):  # videos: each target's frames pooled
+                counts = [len(_images(q.target, self.frames)) for q in rows]
+                embeddings = torch.stack([pool(e, _weights(q.target, self.frames))
+                                          for e, q in zip(embeddings.split(counts), rows)])
+            return query, pooled(embeddings)
 
         return run
 

@@ -14,6 +14,15 @@ from tests.kernels.problems import assert_counts_equal, make_problem
 FORMATS = [torch.bfloat16, torch.float16]
 
 
+@pytest.fixture(autouse=True)
+def band_never_dense(request, monkeypatch):
+    """These problems crowd the band on purpose: keep them on the low-precision path
+    (the switch to fp32 on a dense band has its own test)."""
+    if "dense" not in request.node.name:
+        monkeypatch.setattr(two_stage, "DENSE_BAND", float("inf"))
+        monkeypatch.setattr(two_stage, "DENSE_BAND_MIXED", float("inf"))
+
+
 @pytest.mark.parametrize("dtype", FORMATS)
 @pytest.mark.parametrize("dim", [16, 256, 1024])
 def test_error_bound_holds_for_wide_and_spiky_vectors(dtype, dim):
@@ -123,6 +132,64 @@ def test_mixed_sweep_counts_equal_the_reference(dtype):
     negative = torch.tensor([[1.0, -0.5, 0.5]])  # settles nothing: the fp32 reference
     assert torch.equal(two_stage.mixed_rank_counts(parts, g, negative, positives, exclude)[0],
                        reference.mixed_rank_counts(parts, g, negative, positives, exclude)[0])
+
+
+def clustered(queries: int, gallery: int, dim: int, seed: int):
+    """Unit vectors crowded around one direction: most scores within a bf16 band of each other."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.randn(dim, generator=gen)
+    g = torch.nn.functional.normalize(centre + 0.02 * torch.randn(gallery, dim, generator=gen), dim=-1)
+    target = torch.randint(0, gallery, (queries,), generator=gen)
+    q = torch.nn.functional.normalize(g[target] + 0.01 * torch.randn(queries, dim, generator=gen), dim=-1)
+    return q, g, target
+
+
+def test_a_dense_band_goes_on_in_fp32_with_the_same_counts(monkeypatch):
+    """Crowded scores hold fp32 near-ties (within 2 gamma, where the reference's GEMM and
+    a rescoring may order them differently), so the paths are compared with each other:
+    bf16 with its wide band, and fp32 with its narrow one, decide by the same rescoring."""
+    q, g, target = clustered(600, 900, 64, seed=4)
+    positives, exclude = target[:, None], (target + 1) % 900
+    rescored = []
+    real_exact = two_stage._Chunk._exact
+    monkeypatch.setattr(two_stage._Chunk, "_exact", lambda self, row, item: rescored.append(len(row)) or
+                        real_exact(self, row, item))
+    got = two_stage.target_rank_counts(q, g, positives, exclude, query_tile=256, gallery_tile=300)
+    switched = sum(rescored)
+    assert_counts_equal(got, two_stage.target_rank_counts(q, g, positives, exclude, torch.float32), torch.float32)
+    monkeypatch.setattr(two_stage, "DENSE_BAND", float("inf"))
+    rescored.clear()
+    assert_counts_equal(two_stage.target_rank_counts(q, g, positives, exclude, query_tile=256, gallery_tile=300),
+                        got, torch.float32)
+    assert sum(rescored) > max(0.01 * 600 * 900, 5 * switched)  # the probe saw it: fp32's narrow band
+
+
+def test_a_dense_band_hands_the_mixed_sweep_to_the_reference(monkeypatch):
+    """Queries 0-63 near items of a spread half of the gallery (a sparse band), the rest
+    near a crowded half: the first chunk on the band path, the rest by the reference."""
+    from benches.scoring_job import simplex
+
+    gen = torch.Generator().manual_seed(6)
+    crowded, g_crowded, target = clustered(236, 250, 32, seed=6)
+    g_spread = torch.nn.functional.normalize(torch.randn(250, 32, generator=gen), dim=-1)
+    near = torch.randint(0, 250, (64,), generator=gen)
+    sparse = torch.nn.functional.normalize(g_spread[near] + 0.3 * torch.randn(64, 32, generator=gen), dim=-1)
+    g = torch.cat([g_crowded, g_spread])
+    q = torch.cat([sparse, crowded])
+    parts = (q, torch.nn.functional.normalize(q + 0.01, dim=-1), q)
+    positives, exclude, weights = torch.cat([near + 250, target])[:, None], torch.full((300,), -1), simplex(4)
+    calls = []
+    real = reference.mixed_rank_counts
+    monkeypatch.setattr(reference, "mixed_rank_counts", lambda *a, **k: calls.append(a[0][0].shape[0]) or real(*a, **k))
+    got = two_stage.mixed_rank_counts(parts, g, weights, positives, exclude, rows_per_chunk=64)
+    assert calls == [300 - 64]  # after the first chunk, the rest in one reference call
+    monkeypatch.setattr(reference, "mixed_rank_counts", real)
+    # crowded scores hold fp32 near-ties whose order depends on the GEMM's shape: each part
+    # is compared with the same computation
+    rest = real(tuple(p[64:] for p in parts), g, weights, positives[64:], exclude[64:])
+    first = real(tuple(p[:64] for p in parts), g, weights, positives[:64], exclude[:64])
+    for k in (0, 1):
+        assert torch.equal(got[k][:, 64:], rest[k]) and torch.equal(got[k][:, :64], first[k])
 
 
 def test_dispatch_takes_two_stage_on_a_bf16_cpu_and_says_so(monkeypatch):
