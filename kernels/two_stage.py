@@ -42,8 +42,8 @@ UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32
 FP32_UNIT_ROUNDOFF = 2.0**-24
 # Past this fraction of (query, item) pairs inside the band, rescoring costs more than
 # the low-precision GEMM saves (a pair rescored costs tens of GEMM multiply-adds): the
-# rest is scored in fp32. Generated unit vectors put ~0.005% of pairs in the bf16 band
-# at D=256; the default checkpoint's CIRR val embeddings (D=64, clustered) put 7%.
+# rest is scored in fp32. Spread-out unit vectors put almost no pairs in the bf16 band;
+# clustered real embeddings (a small model's, at D=64) can put many there.
 DENSE_BAND = 0.01
 # The mixed sweep: an unsettled item costs what the reference pays for every item (W
 # mixed scores) and more, so past this fraction the reference takes the remaining rows.
