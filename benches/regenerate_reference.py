@@ -21,7 +21,8 @@ import sys
 import time
 
 from harness.config import RunConfig
-from harness.over_seeds import argv_for_seed
+from harness.over_seeds import argv_for_seed, seeds_file_name
+from harness.pipeline import result_stem
 from harness.run import build_parser
 
 OUT = "results/reference"
@@ -29,16 +30,13 @@ RUN = ["harness.run", "--out", OUT, "--no-cache"]
 
 
 def run_stem(arguments: list[str]) -> str:
-    """The results-file stem `python -m harness.run ARGUMENTS` writes (harness/pipeline.py)."""
-    config = RunConfig.from_cli(build_parser().parse_args(arguments))
-    return f"{config.suite}_{config.split}_{config.backbone}_{config.config_id()}"
+    """The results-file stem `python -m harness.run ARGUMENTS` writes."""
+    return result_stem(RunConfig.from_cli(build_parser().parse_args(arguments)))
 
 
 def seeds_file(arguments: list[str], seeds: list[int]) -> str:
-    """The file `python -m harness.run ARGUMENTS --seeds SEEDS` writes over the seeds (harness/over_seeds.py)."""
-    config = RunConfig.from_cli(build_parser().parse_args(arguments))
-    return f"{OUT}/{config.suite}_{config.split}_{config.backbone}_{config.seedless_hash()[:8]}_seeds-" \
-        + "-".join(map(str, seeds)) + ".json"
+    """The file `python -m harness.run ARGUMENTS --seeds SEEDS` writes over the seeds."""
+    return f"{OUT}/{seeds_file_name(RunConfig.from_cli(build_parser().parse_args(arguments)), seeds)}"
 
 
 FIVE = [0, 1, 2, 3, 4]

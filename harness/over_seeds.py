@@ -34,6 +34,11 @@ def argv_for_seed(argv: list[str], seed: int) -> list[str]:
     return [*out, "--seed", str(seed)]
 
 
+def seeds_file_name(config: RunConfig, seeds: list[int]) -> str:
+    """The name of the file a --seeds run writes (one over all its seeds)."""
+    return f"{result_stem(config, seedless=True)}_seeds-{'-'.join(map(str, seeds))}.json"
+
+
 def run_seeds(config: RunConfig, seeds: list[int], argv: list[str] | None = None) -> dict | None:
     if len(set(seeds)) != len(seeds) or len(seeds) < 2:
         raise HarnessError(f"--seeds needs two or more different seeds, got {' '.join(map(str, seeds))}")
@@ -46,8 +51,7 @@ def run_seeds(config: RunConfig, seeds: list[int], argv: list[str] | None = None
             return None
         runs.append(result)
     summary = summarize(config, seeds, runs, argv)
-    name = f"{result_stem(config, seedless=True)}_seeds-{'-'.join(map(str, seeds))}.json"
-    path = write_json(Path(config.out) / name, summary)
+    path = write_json(Path(config.out) / seeds_file_name(config, seeds), summary)
     table = seeds_markdown(summary)
     write_text(path.with_suffix(".md"), table)
     print(table)

@@ -23,7 +23,7 @@ from harness.core import distributed
 from harness.core.precision import autocast, image_tokens
 from harness.core.progress import progress
 from harness.evaluation.partial_embeddings import PartialEmbeddings
-from harness.suites.base import SplitData
+from harness.suites.base import SplitData, frames_of, pool_frames
 from harness.suites.image_store import ImageStore
 
 
@@ -106,9 +106,8 @@ def embed_split(
 
 
 def pooled_items(data: SplitData, items: list[str], image_emb: torch.Tensor, row: dict[str, int]) -> torch.Tensor:
-    """One embedding per item: an image's own, or a video's frames weighted by their
-    pooling weights and L2-normalised again (per token for multi-vector features),
-    as CoVR pools a target video's frame embeddings."""
+    """One embedding per item: an image's own, or a video's pooled from its frames
+    (`pool_frames`)."""
     if not data.frames:
         return image_emb[[row[i] for i in items]]
     out = torch.empty(len(items), *image_emb.shape[1:])
@@ -116,10 +115,8 @@ def pooled_items(data: SplitData, items: list[str], image_emb: torch.Tensor, row
         if item not in data.frames:
             out[k] = image_emb[row[item]]
             continue
-        frames = data.frames[item]
-        weights = torch.tensor([w for _, w in frames]).view(-1, *[1] * (image_emb.ndim - 1))
-        pooled = (image_emb[[row[f] for f, _ in frames]] * weights).sum(0)
-        out[k] = torch.nn.functional.normalize(pooled, dim=-1)
+        images, weights = frames_of(data.frames, item)
+        out[k] = pool_frames(image_emb[[row[f] for f in images]], weights)
     return out
 
 

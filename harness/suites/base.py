@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import torch
 from PIL import Image
 
 from harness.core.registry import Registry
@@ -54,7 +55,7 @@ class SplitData:
 
     def images_of(self, item_id: str) -> list[str]:
         """The images an item is embedded from: its frames, or itself."""
-        return [frame for frame, _ in self.frames[item_id]] if item_id in self.frames else [item_id]
+        return frames_of(self.frames, item_id)[0]
 
     def image_path(self, image_id: str) -> Path:
         return self.image_paths[image_id]
@@ -83,3 +84,18 @@ class Suite(Protocol):
 
 SUITES: Registry[type] = Registry("suite")
 register_suite = SUITES.register
+
+
+def frames_of(frames: dict[str, tuple[tuple[str, float], ...]], item_id: str) -> tuple[list[str], list[float]]:
+    """The images an item is embedded from and their pooling weights: a video's
+    frames (`SplitData.frames`), or the item itself with weight 1."""
+    if item_id not in frames:
+        return [item_id], [1.0]
+    return [frame for frame, _ in frames[item_id]], [weight for _, weight in frames[item_id]]
+
+
+def pool_frames(embeddings: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """A video's embedding from its frames' (F, ...): the weighted sum, L2-normalised
+    again (per token for multi-vector features), as CoVR pools a target video."""
+    w = torch.tensor(weights, dtype=embeddings.dtype, device=embeddings.device)
+    return torch.nn.functional.normalize((embeddings * w.view(-1, *[1] * (embeddings.ndim - 1))).sum(0), dim=-1)

@@ -9,6 +9,7 @@ import contextlib
 import torch
 
 from harness.core.precision import autocast, image_tokens
+from harness.suites.base import frames_of, pool_frames
 from harness.suites.image_store import ImageStore
 
 
@@ -40,7 +41,7 @@ def cache_targets(backbone, store: ImageStore, target_ids: list[str], frames: di
     computes them; a video's from its pooled frames)."""
     was_training = backbone.model.training
     backbone.model.eval()
-    image_ids = list(dict.fromkeys(i for t in target_ids for i in _images(t, frames)))
+    image_ids = list(dict.fromkeys(i for t in target_ids for i in frames_of(frames, t)[0]))
     rows = {}
     try:
         tokens_of = vision(backbone, precision, device, param_dtype)
@@ -54,24 +55,13 @@ def cache_targets(backbone, store: ImageStore, target_ids: list[str], frames: di
                     rows[image_id] = emb
     finally:
         backbone.model.train(was_training)
-    return {t: pool(torch.stack([rows[i] for i in _images(t, frames)]), _weights(t, frames)) for t in target_ids}
+    return {t: target_embedding(torch.stack([rows[i] for i in frames_of(frames, t)[0]]), t, frames)
+            for t in target_ids}
 
 
-def _images(item: str, frames: dict) -> list[str]:
-    return [f for f, _ in frames[item]] if item in frames else [item]
-
-
-def _weights(item: str, frames: dict) -> list[float]:
-    return [w for _, w in frames[item]] if item in frames else [1.0]
-
-
-def pool(embeddings: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """A video's embedding from its frames' (F, ...): the weighted sum, normalised
-    again (one image: itself)."""
-    if len(weights) == 1:
-        return embeddings[0]
-    w = torch.tensor(weights, dtype=embeddings.dtype, device=embeddings.device).view(-1, *[1] * (embeddings.ndim - 1))
-    return torch.nn.functional.normalize((embeddings * w).sum(0), dim=-1)
+def target_embedding(embeddings: torch.Tensor, item: str, frames: dict) -> torch.Tensor:
+    """A target's embedding from its images' (F, ...): a video's pooled frames, an image's own."""
+    return pool_frames(embeddings, frames_of(frames, item)[1]) if item in frames else embeddings[0]
 
 
 class PairEmbedder:
@@ -99,14 +89,13 @@ class PairEmbedder:
                 query = pooled(self.backbone.query_embedding_from_tokens(tokens, [q.caption for q in rows]).float())
             if self.target_rows is not None:
                 return query, pooled(torch.stack([self.target_rows[q.target] for q in rows]))
-            images = [i for q in rows for i in _images(q.target, self.frames)]
-            target_tokens = self.vision(self._pixels(images))
+            images = [frames_of(self.frames, q.target)[0] for q in rows]
+            target_tokens = self.vision(self._pixels([i for ids in images for i in ids]))
             with forward_context(self.precision, self.device, self.param_dtype):
                 embeddings = self.backbone.image_embedding_from_tokens(target_tokens).float()
-            if len(images) > len(rows):  # videos: each target's frames pooled
-                counts = [len(_images(q.target, self.frames)) for q in rows]
-                embeddings = torch.stack([pool(e, _weights(q.target, self.frames))
-                                          for e, q in zip(embeddings.split(counts), rows)])
+            if self.frames:  # videos: each target's frames pooled
+                embeddings = torch.stack([target_embedding(e, q.target, self.frames)
+                                          for e, q in zip(embeddings.split([len(ids) for ids in images]), rows)])
             return query, pooled(embeddings)
 
         return run
