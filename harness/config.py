@@ -14,6 +14,7 @@ from harness.core.precision import PRECISIONS
 from harness.evaluation.protocols.base import ScoringRules
 from harness.mixing.modes import MixSettings, parse_modes
 from harness.suites import SUITES
+from harness.training.iterate import ITERATE
 from harness.training.losses import LOSSES
 from harness.training.recipes import RECIPES, SCHEDULES, default_recipe
 from harness.training.settings import TrainSettings
@@ -51,6 +52,7 @@ class RunConfig:
     hnnce_beta: float = _TINY["hnnce_beta"]
     train_vision: bool = _TINY["train_vision"]
     max_train_queries: int | None = None
+    iterate: str = "rows"  # "rows": every annotation row per epoch; "targets": one row per target (CoVR's pth2)
     # Added with the DeepSpeed / gradient-caching work. A field at its default is
     # left out of the hash (see ADDED_FIELDS), so runs that do not use them keep
     # the hashes they had before.
@@ -68,6 +70,9 @@ class RunConfig:
     caption_cleaning: str = "covr"  # harness/suites/captions.py: CoVR's pre_caption, or "none"
     gallery: str = "split"  # "split": the split file's images (official); "folder": every image of its folder
     gallery_model: str = "auto"  # whose features the gallery is scored with (harness/evaluation/fixed_gallery.py)
+    reference: str = "remove"  # where the reference stands in its ranking (harness/evaluation/reference_rule.py)
+    token_pooling: str = "auto"  # multi-vector features: max or mean (harness/evaluation/token_pooling.py)
+    query_template: str = "caption"  # CIRCO's query text (harness/suites/circo.py)
     save_embeddings: bool = False  # also write <run>.embeddings.safetensors (harness/score.py's format)
     # video suites (harness/suites/webvid_covr.py): the query's frame, how a target's frames pool
     video_query_frame: str = "middle"
@@ -103,6 +108,8 @@ class RunConfig:
             raise HarnessError(f"--loss must be one of {', '.join(LOSSES)}")
         if values.get("schedule", "step") not in SCHEDULES:
             raise HarnessError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        if values.get("iterate", "rows") not in ITERATE:
+            raise HarnessError(f"--iterate must be one of {', '.join(ITERATE)}")
         if values.get("deepspeed") in ("none", ""):
             values["deepspeed"] = None  # --deepspeed none: the plain engine despite the recipe
         if values.get("mix"):
@@ -128,10 +135,11 @@ class RunConfig:
                            tune_max_queries=self.tune_max_queries, seed=self.seed, convention=self.convention,
                            tie_rule=self.tie_rule, loss=self.loss, temperature=self.temperature,
                            hnnce_alpha=self.hnnce_alpha, hnnce_beta=self.hnnce_beta, suite=self.suite,
-                           split=self.split, backbone=self.backbone)
+                           split=self.split, backbone=self.backbone, reference=self.reference)
 
     def scoring_rules(self) -> ScoringRules:
-        return ScoringRules(convention=self.convention, tie_rule=self.tie_rule)
+        return ScoringRules(convention=self.convention, tie_rule=self.tie_rule, reference=self.reference,
+                            token_pooling=self.token_pooling)
 
     def seedless_hash(self) -> str:
         """`hash` with the seed set aside: the same for every seed of one recipe (and
@@ -144,7 +152,7 @@ class RunConfig:
         taken = getattr(suite_cls, "options", ())
         for name in SUITE_OPTIONS:
             if name not in taken and getattr(self, name) != ADDED_FIELDS[name]:
-                raise HarnessError(f"--{name.replace('_', '-')} applies to video suites (webvid-covr), "
+                raise HarnessError(f"--{name.replace('_', '-')} applies to {SUITE_OPTIONS[name]}, "
                                    f"not {self.suite}: leave it out")
         return {name: getattr(self, name) for name in taken}
 
@@ -174,5 +182,8 @@ NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_emb
 # Fields added after results were published: omitted from the hash at these values.
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
-                "video_query_frame": "middle", "video_pooling": "query"}
-SUITE_OPTIONS = ("video_query_frame", "video_pooling")  # fields only some suites take
+                "video_query_frame": "middle", "video_pooling": "query", "iterate": "rows", "reference": "remove",
+                "token_pooling": "auto", "query_template": "caption"}
+# Fields only some suites take (a suite's `options`), and which.
+SUITE_OPTIONS = {"video_query_frame": "video suites (webvid-covr)", "video_pooling": "video suites (webvid-covr)",
+                 "query_template": "circo"}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import kernels
 from harness.core.atomic import write_json, write_text
+from harness.core.errors import HarnessError
 from harness.core.progress import say
+from harness.evaluation import token_pooling
 from harness.evaluation.embed import COMPOSED
 from harness.evaluation.intervals import method_intervals
 from harness.evaluation.per_query import write_records
@@ -19,12 +21,21 @@ from harness.reports.run import result_markdown
 from harness.suites.base import SplitData
 
 
-def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: Path, stem: str) -> dict:
+def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: Path, stem: str,
+          normalised_by: str | None = None) -> dict:
     """{"metrics", "intervals", "per_query_file", "records"} for a split with targets,
-    {"server_files"} for one without (written into out_dir)."""
-    scored: dict = {"metrics": None, "server_files": None}
+    {"server_files"} for one without (written into out_dir); both with the
+    "token_pooling" and "similarity" actually used. `rules` are resolved for the
+    protocol (harness/evaluation/protocols `resolved`); multi-vector embeddings are
+    scored as `rules.token_pooling` pools them; `normalised_by`: who made the vectors
+    unit length, where the caller did (harness.score --normalize)."""
+    scored: dict = {"metrics": None, "server_files": None,
+                    "token_pooling": token_pooling.recorded_rule(embeddings, rules.token_pooling),
+                    "similarity": token_pooling.similarity_name(embeddings, rules.token_pooling, normalised_by)}
+    embeddings = token_pooling.pooled(embeddings, rules.token_pooling)
+    if not data.has_targets or getattr(protocol, "val_predictions", False):
+        scored["server_files"] = protocol.write_server_files(data, embeddings, rules, out_dir, stem)
     if not data.has_targets:
-        scored["server_files"] = protocol.write_server_files(data, embeddings, out_dir, stem)
         return scored
     scored["metrics"] = protocol.evaluate(data, embeddings, rules)
     scored["intervals"] = method_intervals(protocol.query_values(data, embeddings, rules), COMPOSED)
@@ -32,6 +43,14 @@ def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: P
     scored["per_query_file"] = write_records(out_dir / f"{stem}.queries.jsonl", scored["records"]).name
     scored["kernels"] = kernels.used()  # which implementation scored (kernels/__init__.py)
     return scored
+
+
+def protocol_fields(protocol, data: SplitData, rules: ScoringRules, scored: dict) -> dict:
+    """The protocol's describe() and, where features had tokens, the pooling `score` used."""
+    fields = protocol.describe(data, rules)
+    if scored.get("token_pooling"):
+        fields["token_pooling"] = scored["token_pooling"]
+    return fields
 
 
 def result_fields(scored: dict) -> dict:
@@ -47,8 +66,19 @@ def result_fields(scored: dict) -> dict:
 
 
 def thumbnails(data: SplitData):
-    """id -> the split's image (None for an id it does not hold), for the HTML page."""
-    return lambda image_id: data.load_image(image_id) if image_id in data.image_paths else None
+    """id -> the split's image, for the HTML page: None for an id it does not hold or
+    an image that cannot be read (scores of embeddings made elsewhere often come
+    without the images; the page then shows the id)."""
+
+    def image_of(image_id: str):
+        if image_id not in data.image_paths:
+            return None
+        try:
+            return data.load_image(image_id)
+        except HarnessError:
+            return None
+
+    return image_of
 
 
 def write_outputs(result: dict, records: list[dict], data: SplitData, out_dir: Path, stem: str) -> Path:

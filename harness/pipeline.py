@@ -28,10 +28,10 @@ from harness.evaluation.fingerprint import fingerprint, model_fields
 from harness.evaluation.fixed_gallery import BEFORE_TRAINING, LOADED, gallery_rule, with_gallery_of
 from harness.evaluation.fixed_gallery import describe as describe_gallery
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
-from harness.evaluation.protocols import PROTOCOLS
+from harness.evaluation.protocols import PROTOCOLS, resolved
 from harness.mixing import modes
 from harness.mixing.step import mix_step
-from harness.outputs import result_fields, score, write_outputs
+from harness.outputs import protocol_fields, result_fields, score, write_outputs
 from harness.suites import SUITES, SplitData
 from harness.suites.captions import CLEANINGS, cleaned
 from harness.suites.cirr_layout import GALLERIES, check_images, folder_gallery
@@ -172,6 +172,8 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
         # (harness/training/loop.py); evaluation shards the split.
         device = distributed.device_for_rank(device)
         distributed.init(device)
+    protocol = PROTOCOLS.get(suite.scoring)  # how this suite is scored (harness/evaluation/protocols)
+    rules = resolved(config.scoring_rules(), protocol)
     data, train_data = load_splits(config, suite)
     seed_everything(config.seed)
     model = Model(backbone_entry.load(config.load_options(), device), device, precision, config.eval_batch_size,
@@ -184,8 +186,7 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
                                                               out_dir / "checkpoints" / stem)
     if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
         return None
-    protocol = PROTOCOLS.get(suite.scoring)  # how this suite is scored (harness/evaluation/protocols)
-    scored = score(protocol, data, embeddings, config.scoring_rules(), out_dir, stem)
+    scored = score(protocol, data, embeddings, rules, out_dir, stem)
     if config.save_embeddings:
         from harness.score import save_embeddings
 
@@ -194,16 +195,16 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     scored["gallery_model"] = gallery_model
     if config.mix:
         scored["mixing"] = mix_step(config.mixing(), suite, data, embeddings, model.embed, out_dir, stem)
-    result = record(config, argv, data, protocol, model, scored, training, embeddings.timings, started)
+    result = record(config, argv, data, protocol_fields(protocol, data, rules, scored), model, scored, training,
+                    embeddings.timings, started)
     write_outputs(result, scored.get("records", []), data, out_dir, stem)
     return result
 
 
-def record(config: RunConfig, argv, data: SplitData, protocol, model: Model, scored: dict,
+def record(config: RunConfig, argv, data: SplitData, described: dict, model: Model, scored: dict,
            training: dict | None, embedding_timings: dict, started: float) -> dict:
-    """The results file: what was computed, how (config, protocol, seed), and where."""
+    """The results file: what was computed, how (config, protocol as `described`, seed), and where."""
     backbone = model.backbone
-    described = protocol.describe(data, config.scoring_rules())
     return {
         "schema": 1,
         "date": provenance.now(),
@@ -221,8 +222,8 @@ def record(config: RunConfig, argv, data: SplitData, protocol, model: Model, sco
             "caption_cleaning": data.provenance.get("caption_cleaning", "none"),
             "gallery": data.provenance.get("gallery", "split file"),
             "gallery_model": scored["gallery_model"],
-            "fingerprint": fingerprint(data, described, model_fields(backbone), model.precision,
-                                       scored["gallery_model"]),
+            "fingerprint": fingerprint(data, described, model_fields(backbone, scored["similarity"]),
+                                       model.precision, scored["gallery_model"]),
         },
         "backbone": {
             "name": config.backbone,

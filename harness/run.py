@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backbones import BACKBONES
+from backbones import BACKBONES, CHECKPOINT_FORMATS
 from harness.config import RunConfig
 from harness.core.errors import HarnessError
 from harness.core.precision import PRECISIONS
+from harness.evaluation import reference_rule, token_pooling
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
 from harness.suites import SUITES
 from harness.suites.captions import CLEANINGS
+from harness.suites.circo import QUERY_TEMPLATES
 from harness.suites.cirr_layout import GALLERIES
 from harness.suites.webvid_covr import POOLINGS, QUERY_FRAMES
+from harness.training.iterate import ITERATE
 from harness.training.losses import LOSSES
 from harness.training.recipes import RECIPES, SCHEDULES
 
@@ -69,9 +72,9 @@ def _what_to_run(add) -> None:
                             "fashioniq, circo: generated into the cache when not given)")
     add("--checkpoint",
         help="transformers directory, hub id, or original checkpoint file (default: the backbone's)")
-    add("--checkpoint-format",
-        help="format of a checkpoint file: blip (.pth), covr (.ckpt), lavis (.pth for blip2); "
-             "default by file kind")
+    add("--checkpoint-format", choices=CHECKPOINT_FORMATS,
+        help="format of a checkpoint file: blip (BLIP .pth), covr (CoVR .ckpt), lavis (LAVIS BLIP-2 .pth), "
+             "covr2 (CoVR-2 .ckpt); default by file kind")
     add("--tokenizer", help="tokenizer directory or hub id for original checkpoint files "
                             "(default bert-base-uncased)")
     add("--model-config", help="config.json giving the architecture of an original checkpoint file")
@@ -103,6 +106,9 @@ def _fine_tuning(add) -> None:
     add("--train-vision", action=argparse.BooleanOptionalAction,
         help="train the vision tower too (default: from the recipe; CoVR freezes it)")
     add("--max-train-queries", type=int, help="use only the first N training queries")
+    add("--iterate", choices=ITERATE,
+        help="what an epoch goes over: rows (every annotation row; default) or targets (one seeded row per "
+             "target, as CoVR's WebVid-CoVR config, iterate: pth2)")
     add("--loss", choices=list(LOSSES),
         help="hn-nce (as defined) or covr-compat (CoVR's released loss, quirk included; default hn-nce)")
     add("--schedule", choices=list(SCHEDULES),
@@ -139,6 +145,17 @@ def _evaluation(add) -> None:
     add("--video-pooling", choices=POOLINGS,
         help="video suites: how a target video's sampled frames pool into its embedding: query (CoVR's "
              "default, softmax(scores / 0.1) of the annotation), mean, or the middle frame")
+    add("--reference", choices=reference_rule.RULES,
+        help="where the query's reference stands: remove (CoVR; default), keep (CLIP4Cir, SPRC on FashionIQ; "
+             "SEARLE, MagicLens on CIRCO; mteb), covr-order (WebVid-CoVR: CoVR's mask as its code places it on "
+             "a CSV not sorted by pth2); CIRR takes remove only")
+    add("--token-pooling", choices=token_pooling.CHOICES,
+        help="multi-vector features (BLIP-2): auto (default: CoVR-2's rule for the suite, max on CIRR, mean on "
+             "FashionIQ, CIRCO, WebVid-CoVR), max (max over token pairs), mean (tokens normalised, averaged, "
+             "not re-normalised, dot product)")
+    add("--query-template", choices=QUERY_TEMPLATES,
+        help="circo: the query text, caption (the relative caption, CoVR; default) or shared-concept "
+             "(\"find {shared_concept} but {relative_caption}\", MagicLens, BGE-VL)")
     add("--gallery", choices=GALLERIES,
         help="split (the split file's images, the official protocol; default) or folder (every image of "
              "the split's folder, as CoVR's val script); CIRR-layout suites")

@@ -20,9 +20,15 @@ split by id: every id of the split must be there, once, and no other.
 
 Scoring is the harness's own: metrics with bootstrap intervals, the per-query
 file, the HTML page, and for a split without targets the server files, all under
---out. Embeddings are cosine-scored as given (normalise them if your model does).
-In Python, `score_embeddings(suite, split, gallery_ids, gallery, pair_ids, composed)`
-does the same for arrays in memory.
+--out. Vectors are scored by their inner product as given: the results call it
+cosine only where every vector is unit length (`--normalize` makes them so, and
+says it did), "dot product" otherwise. (N, T, D) features are pooled by the suite's
+token rule (`--token-pooling`: max over token pairs on CIRR, the token mean on
+FashionIQ, CIRCO and WebVid-CoVR, as CoVR-2 scores them). The images are not
+needed: the HTML page shows an image's id where it cannot read the image. Every
+input is checked before anything is written, and a failed command leaves --out as
+it was. In Python, `score_embeddings(suite, split, gallery_ids, gallery, pair_ids,
+composed)` does the same for arrays in memory.
 """
 
 from __future__ import annotations
@@ -39,16 +45,18 @@ import numpy as np
 import torch
 
 from harness.core import provenance
-from harness.core.atomic import replace_atomically
+from harness.core.atomic import all_or_nothing, replace_atomically
 from harness.core.errors import HarnessError
+from harness.evaluation import reference_rule, token_pooling
 from harness.evaluation.embed import SplitEmbeddings, methods_of
 from harness.evaluation.fingerprint import fingerprint
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
-from harness.evaluation.protocols import PROTOCOLS, ScoringRules
+from harness.evaluation.protocols import PROTOCOLS, ScoringRules, resolved
 from harness.evaluation.validate import check_embeddings
-from harness.outputs import result_fields, score, write_outputs
+from harness.outputs import protocol_fields, result_fields, score, write_outputs
 from harness.suites import SUITES
 from harness.suites.captions import CLEANINGS, cleaned
+from harness.suites.circo import QUERY_TEMPLATES
 
 TENSORS = ("gallery", "composed", "image", "text")
 REQUIRED = ("gallery", "composed", "gallery_ids", "pair_ids")
@@ -100,8 +108,9 @@ def _order(given: list, wanted: list, what: str) -> torch.Tensor:
     return torch.tensor([row[w] for w in wanted_keys], dtype=torch.long)
 
 
-def split_embeddings(data, arrays: dict) -> SplitEmbeddings:
-    """The arrays in the split's order, checked as the harness's own embeddings are."""
+def split_embeddings(data, arrays: dict, normalize: bool = False) -> SplitEmbeddings:
+    """The arrays in the split's order, checked as the harness's own embeddings are;
+    `normalize`: every vector (every token of multi-vector rows) L2-normalised."""
     for name in TENSORS:
         if name in arrays and len(arrays[name]) != len(arrays["gallery_ids" if name == "gallery" else "pair_ids"]):
             ids = "gallery_ids" if name == "gallery" else "pair_ids"
@@ -110,7 +119,10 @@ def split_embeddings(data, arrays: dict) -> SplitEmbeddings:
     query_rows = _order(arrays["pair_ids"], [q.pair_id for q in data.queries], "pair_ids")
 
     def rows(name: str, index: torch.Tensor):
-        return arrays[name].float()[index] if name in arrays else None
+        if name not in arrays:
+            return None
+        tensor = arrays[name].float()[index]
+        return torch.nn.functional.normalize(tensor, dim=-1) if normalize else tensor
 
     emb = SplitEmbeddings(list(data.gallery), rows("gallery", gallery_rows), rows("composed", query_rows),
                           rows("image", query_rows), rows("text", query_rows))
@@ -130,7 +142,8 @@ def save_embeddings(path: Path, emb: SplitEmbeddings, pair_ids: list) -> Path:
 def score_embeddings(suite: str, split: str, gallery_ids: list, gallery, pair_ids: list, composed,
                      image=None, text=None, data_root: str | None = None, out: str = "results",
                      name: str = "external", rules: ScoringRules | None = None,
-                     caption_cleaning: str = "covr", command: str | None = None) -> dict:
+                     caption_cleaning: str = "covr", command: str | None = None, normalize: bool = False,
+                     query_template: str = "caption") -> dict:
     """Score arrays in memory (numpy or torch) with the suite's protocol; the results
     dict (also written under `out`)."""
     arrays = {"gallery_ids": list(gallery_ids), "pair_ids": list(pair_ids)}
@@ -138,34 +151,49 @@ def score_embeddings(suite: str, split: str, gallery_ids: list, gallery, pair_id
         if value is not None:
             arrays[key] = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
     return _score(suite, split, arrays, data_root, Path(out), name, rules or ScoringRules(), caption_cleaning, command,
-                  source=None)
+                  source=None, normalize=normalize, query_template=query_template)
 
 
 def _score(suite_name: str, split: str, arrays: dict, data_root, out_dir: Path, name: str, rules: ScoringRules,
-           caption_cleaning: str, command: str | None, source: Path | None) -> dict:
+           caption_cleaning: str, command: str | None, source: Path | None, normalize: bool = False,
+           query_template: str = "caption") -> dict:
     started = time.perf_counter()
     if rules.convention not in CONVENTIONS or rules.tie_rule not in TIE_RULES:
         raise HarnessError(f"convention must be one of {CONVENTIONS}, tie rule one of {TIE_RULES}")
-    suite = SUITES.get(suite_name)(Path(data_root) if data_root else None)
-    data = cleaned(suite.load(split), caption_cleaning)
-    emb = split_embeddings(data, arrays)
+    suite_cls = SUITES.get(suite_name)
+    takes_template = "query_template" in getattr(suite_cls, "options", ())
+    if query_template != "caption" and not takes_template:
+        raise HarnessError(f"--query-template applies to circo, not {suite_name}: leave it out")
+    suite = suite_cls(Path(data_root) if data_root else None,
+                      **({"query_template": query_template} if takes_template else {}))
     protocol = PROTOCOLS.get(suite.scoring)
+    rules = resolved(rules, protocol)
+    data = cleaned(suite.load(split), caption_cleaning)
+    emb = split_embeddings(data, arrays, normalize)
     digest = hashlib.sha256(source.read_bytes()).hexdigest() if source else None
     stem = f"{suite_name}_{split}_{name}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scored = score(protocol, data, emb, rules, out_dir, stem)
-    described = protocol.describe(data, rules)
+    with all_or_nothing():  # a failure past this point leaves --out as it was
+        scored = score(protocol, data, emb, rules, out_dir, stem, "harness.score --normalize" if normalize else None)
+        result = _result(data, protocol_fields(protocol, data, rules, scored), scored, emb, name, command, source,
+                         digest, started)
+        write_outputs(result, scored.get("records", []), data, out_dir, stem)
+    return result
+
+
+def _result(data, described: dict, scored: dict, emb: SplitEmbeddings, name: str, command: str | None,
+            source: Path | None, digest: str | None, started: float) -> dict:
+    """The results file of scored outside embeddings: what the harness can know of them."""
     model = {"text_length": NOT_RECORDED, "image_size": NOT_RECORDED, "interpolation": NOT_RECORDED,
-             "similarity": "max over gallery tokens" if emb.gallery.dim() == 3 else "cosine (one vector each)"}
+             "similarity": scored["similarity"]}
     gallery_model = {"rule": "loaded", "checkpoint": str(source) if source else name, "checkpoint_sha256": digest}
-    result = {
+    return {
         "schema": 1,
         "date": provenance.now(),
         "command": command,
         "config": None,
         "seed": None,
         "precision": NOT_RECORDED,
-        "protocol": {"suite": suite_name, "split": split, "queries": len(data.queries),
+        "protocol": {"suite": data.suite, "split": data.split, "queries": len(data.queries),
                      "gallery_images": len(data.gallery), **described,
                      "caption_cleaning": data.provenance.get("caption_cleaning", "none"),
                      "gallery": data.provenance.get("gallery", "split file"), "gallery_model": gallery_model,
@@ -181,8 +209,6 @@ def _score(suite_name: str, split: str, arrays: dict, data_root, out_dir: Path, 
         "packages": provenance.package_versions(),
         "hardware": provenance.hardware(torch.device("cpu")),
     }
-    write_outputs(result, scored.get("records", []), data, out_dir, stem)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tie-rule", choices=TIE_RULES, default="pessimistic")
     parser.add_argument("--caption-cleaning", choices=CLEANINGS, default="covr",
                         help="only recorded (captions were encoded elsewhere): say how yours were cleaned")
+    parser.add_argument("--reference", choices=reference_rule.RULES, default="remove",
+                        help="remove (default), keep, covr-order (webvid-covr): see python -m harness.run --help")
+    parser.add_argument("--token-pooling", choices=token_pooling.CHOICES, default="auto",
+                        help="(N, T, D) features: auto (the suite's CoVR-2 rule; default), max, mean")
+    parser.add_argument("--query-template", choices=list(QUERY_TEMPLATES), default="caption",
+                        help="circo, only recorded (queries were encoded elsewhere): caption or shared-concept")
+    parser.add_argument("--normalize", action="store_true",
+                        help="L2-normalise every vector (every token) before scoring, and say so in the results")
     args = parser.parse_args(argv)
     try:
         arrays = read_embeddings(args.embeddings)
-        _score(args.suite, args.split, arrays, args.data_root, Path(args.out), args.name or args.embeddings.stem.removesuffix(".embeddings"),
-               ScoringRules(args.convention, args.tie_rule), args.caption_cleaning,
-               "python -m harness.score " + shlex.join(argv), args.embeddings)
+        _score(args.suite, args.split, arrays, args.data_root, Path(args.out),
+               args.name or args.embeddings.stem.removesuffix(".embeddings"),
+               ScoringRules(args.convention, args.tie_rule, args.reference, args.token_pooling),
+               args.caption_cleaning, "python -m harness.score " + shlex.join(argv), args.embeddings, args.normalize,
+               args.query_template)
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

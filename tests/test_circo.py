@@ -107,3 +107,39 @@ def test_zero_shot_run_and_server_file(root, tmp_path):
     assert circo_problems(submission, [q["id"] for q in annotations]) == []
     references = {str(q["id"]): q["reference_img_id"] for q in annotations}
     assert all(references[qid] not in ids for qid, ids in submission.items())
+
+
+def test_shared_concept_template_builds_magiclens_query_text(root, tmp_path):
+    """--query-template shared-concept: "find {shared_concept} but {relative_caption}"
+    (MagicLens data_utils.py line 173), named in the protocol and the fingerprint."""
+    raw = json.loads((root / "annotations" / "val.json").read_text())
+    plain = CircoSuite(root).load("val")
+    templated = CircoSuite(root, query_template="shared-concept").load("val")
+    assert [q.caption for q in plain.queries] == [q["relative_caption"] for q in raw]
+    assert [q.caption for q in templated.queries] == [
+        f"find {q['shared_concept']} but {q['relative_caption']}" for q in raw]
+    assert templated.provenance["query_template"] == "shared-concept" and "query_template" not in plain.provenance
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    del raw[3]["shared_concept"]
+    (broken / "annotations" / "val.json").write_text(json.dumps(raw))
+    with pytest.raises(HarnessError, match="entry 3: --query-template shared-concept needs a shared_concept"):
+        CircoSuite(broken, query_template="shared-concept").load("val")
+    assert CircoSuite(broken).load("val").queries[3].caption == raw[3]["relative_caption"]
+
+
+def test_query_template_reaches_the_fingerprint_and_is_refused_elsewhere(root, tmp_path):
+    from harness.pipeline import preflight
+    from tests.conftest import random_model_run
+
+    ckpt_root = tmp_path / "ckpt_root"
+    random_model_run(ckpt_root)  # writes a random blip-tiny checkpoint under ckpt_root/ckpt
+    result = run(RunConfig.resolve({"suite": "circo", "data_root": str(root), "checkpoint": str(ckpt_root / "ckpt"),
+                                    "train": False, "cache": False, "out": str(tmp_path / "out"),
+                                    "query_template": "shared-concept"}), argv=["(test run)"])
+    assert result["protocol"]["query_template"] == "shared-concept"
+    assert result["protocol"]["fingerprint"]["query_template"] == "shared-concept"
+    assert "query text shared-concept" in (tmp_path / "out" / next(
+        p.name for p in (tmp_path / "out").glob("circo_*.md"))).read_text()
+    with pytest.raises(HarnessError, match="--query-template applies to circo"):
+        preflight(RunConfig.resolve({"suite": "shapes", "query_template": "shared-concept"}))

@@ -55,3 +55,36 @@ def test_blip_large_on_cirr_without_weights_or_images_fails_fast(tmp_path):
 def test_bad_inputs_are_explained(args, needle, capsys, tmp_path):
     assert main([*args, "--out", str(tmp_path), "--no-train"]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_every_choice_a_flag_takes_is_in_its_help():
+    """Each flag's help names what it accepts: its choices (shown unless a metavar hides
+    them), the registries the epilog lists, --mix's modes, the checkpoint formats."""
+    from backbones import BACKBONES, CHECKPOINT_FORMATS
+    from harness.mixing.modes import MODES
+    from harness.suites import SUITES
+    from harness.training.recipes import RECIPES
+
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.choices and action.option_strings != ["-h", "--help"]:
+            shown = formatter._format_action_invocation(action) + " " + (action.help or "")
+            missing = [c for c in action.choices if str(c) not in shown]
+            assert not missing, f"{action.option_strings}: {missing} not in its help"
+    epilog = parser.epilog
+    assert all(name in epilog for name in [*BACKBONES.names(), *SUITES.names(), *RECIPES])
+    mix = next(a for a in parser._actions if "--mix" in a.option_strings)
+    assert all(mode in mix.help for mode in MODES)
+    formats = next(a for a in parser._actions if "--checkpoint-format" in a.option_strings)
+    assert tuple(formats.choices) == CHECKPOINT_FORMATS and "covr2" in CHECKPOINT_FORMATS
+
+
+def test_score_help_lists_its_choices():
+    proc = subprocess.run([sys.executable, "-m", "harness.score", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    text = " ".join(proc.stdout.split())
+    for choices in ("{covr,clip4cir,cirplant}", "{pessimistic,optimistic}", "{remove,keep,covr-order}",
+                    "{auto,max,mean}", "{caption,shared-concept}", "{covr,none}"):
+        assert choices in text
+    assert all(name in text for name in ("cirr", "fashioniq", "circo", "webvid-covr"))

@@ -182,3 +182,15 @@ def test_percentages_are_exact_in_float64():
     metrics = map_metrics(q, g, target, torch.ones(600, dtype=torch.long), torch.full((600,), -1),
                           map_ks=[1], recall_ks=[1])
     assert metrics["R@1"] == 7600 / 600 and metrics["mAP@1"] == 7600 / 600
+
+
+def test_soft_labels_count_in_float64():
+    """A hit on a 0.2 soft label counts 0.2 exactly (float32 would give 0.20000000298)."""
+    ids = [f"g{i}" for i in range(7)]
+    query = Query(pair_id=0, reference=ids[0], caption="c", target=ids[1], target_soft={ids[2]: 0.2},
+                  members=tuple(ids[:6]))
+    labels = build_labels([query], {g: i for i, g in enumerate(ids)})
+    assert labels.soft.dtype == torch.float64 and labels.soft[0, 1].item() == 0.2
+    q, g = embed_scores(np.array([[0.0, 0.1, 0.9, 0.3, 0.2, 0.4, 0.5]], dtype=np.float32))
+    m = cirr_metrics(q, g, labels, convention="cirplant")
+    assert m["R@1"] == 100.0 * 0.2 and m["Rsubset@1"] == 100.0 * 0.2

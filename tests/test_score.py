@@ -99,3 +99,91 @@ def test_arrays_in_memory_without_baselines(exported_run, tmp_path):
     assert list(result["metrics"]) == ["composed f(q,t)"]
     assert result["metrics"]["composed f(q,t)"] == results["val"]["metrics"]["composed f(q,t)"]
     assert result["intervals"]["paired"] == {}
+
+
+@pytest.fixture(scope="module")
+def cirr_annotations_only(tmp_path_factory):
+    """Real CIRR val annotations with no image at all (what someone who embedded
+    elsewhere has) and random unit embeddings for its ids."""
+    import shutil
+
+    from tests.conftest import CIRR_ANNOTATIONS
+
+    root = tmp_path_factory.mktemp("cirr_no_images")
+    for folder in ("captions", "image_splits"):
+        shutil.copytree(CIRR_ANNOTATIONS / folder, root / folder)
+    gallery_ids = list(json.loads((root / "image_splits/split.rc2.val.json").read_text()))
+    pair_ids = [c["pairid"] for c in json.loads((root / "captions/cap.rc2.val.json").read_text())]
+    rng = np.random.default_rng(0)
+
+    def unit(n):
+        x = rng.normal(size=(n, 16)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    path = root / "mine.npz"
+    np.savez(path, gallery=unit(len(gallery_ids)), composed=unit(len(pair_ids)), gallery_ids=np.array(gallery_ids),
+             pair_ids=np.array(pair_ids))
+    return root, path
+
+
+def test_score_without_images_writes_the_page_with_ids(cirr_annotations_only, tmp_path):
+    root, path = cirr_annotations_only
+    out = tmp_path / "out"
+    assert main(["--suite", "cirr", "--data-root", str(root), "--split", "val", "--embeddings", str(path),
+                 "--out", str(out)]) == 0
+    page = next(out.glob("*.html")).read_text()
+    assert 'class="missing' in page and "<img class" not in page.split("Successes")[-1]
+    result = json.loads(next(out.glob("cirr_val_mine.json")).read_text())
+    assert result["protocol"]["fingerprint"]["similarity"] == "cosine (one vector each)"
+
+
+def test_a_wrong_id_leaves_the_output_folder_empty(cirr_annotations_only, tmp_path, capsys):
+    root, path = cirr_annotations_only
+    with np.load(path) as arrays:
+        broken = {k: arrays[k] for k in arrays.files}
+    broken["pair_ids"] = np.array([*broken["pair_ids"][:-1], 999999999])
+    np.savez(tmp_path / "bad.npz", **broken)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["--suite", "cirr", "--data-root", str(root), "--split", "val", "--embeddings",
+                 str(tmp_path / "bad.npz"), "--out", str(out)]) == 2
+    assert "999999999" in capsys.readouterr().err and list(out.iterdir()) == []
+
+
+def test_a_failure_while_writing_writes_nothing(cirr_annotations_only, tmp_path, monkeypatch):
+    """Past the checks: the per-query file is written before the page fails; neither stays,
+    nor the folder the command made, and an earlier result of the same name is kept."""
+    import harness.outputs
+
+    root, path = cirr_annotations_only
+
+    def broken_page(*args, **kwargs):
+        raise OSError("disk full")
+
+    out = tmp_path / "new" / "out"
+    monkeypatch.setattr(harness.outputs, "run_html", broken_page)
+    with pytest.raises(OSError):
+        main(["--suite", "cirr", "--data-root", str(root), "--embeddings", str(path), "--out", str(out)])
+    assert not (tmp_path / "new").exists()
+    earlier = tmp_path / "kept"
+    earlier.mkdir()
+    (earlier / "cirr_val_mine.json").write_text("{}")
+    with pytest.raises(OSError):
+        main(["--suite", "cirr", "--data-root", str(root), "--embeddings", str(path), "--out", str(earlier)])
+    assert [p.name for p in earlier.iterdir()] == ["cirr_val_mine.json"]
+    assert (earlier / "cirr_val_mine.json").read_text() == "{}"
+
+
+def test_vectors_that_are_not_unit_length_are_called_a_dot_product(cirr_annotations_only, tmp_path):
+    root, path = cirr_annotations_only
+    with np.load(path) as arrays:
+        scaled = {k: arrays[k] for k in arrays.files}
+    scaled["gallery"] = scaled["gallery"] * 2.0
+    np.savez(tmp_path / "scaled.npz", **scaled)
+    for extra, expected in (([], "dot product (one vector each, not unit length)"),
+                            (["--normalize"], "cosine (one vector each, normalised by harness.score --normalize)")):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["--suite", "cirr", "--data-root", str(root), "--embeddings", str(tmp_path / "scaled.npz"),
+                     "--out", str(out), *extra]) == 0
+        result = json.loads(next(out.glob("cirr_val_scaled.json")).read_text())
+        assert result["protocol"]["fingerprint"]["similarity"] == expected

@@ -122,14 +122,16 @@ def test_generated_clips_train_score_and_mix(small_root, tmp_path):
 
     config = RunConfig.resolve({"suite": "webvid-covr", "split": "test", "data_root": str(small_root),
                                 "out": str(tmp_path / "out"), "epochs": 1, "batch_size": 8, "warmup_steps": 1,
-                                "cache": False, "threads": 1, "mix": ["sweep"], "mix_step": 0.25})
+                                "cache": False, "threads": 1, "mix": ["sweep"], "mix_step": 0.25,
+                                "iterate": "targets"})
     result = run(config, argv=["(webvid test)"])
+    assert result["training"]["iterate"] == "targets"  # CoVR's iterate: pth2, recorded
     assert list(result["metrics"]["composed f(q,t)"]) == ["R@1", "R@5", "R@10", "R@50", "meanR3", "meanR4"]
     assert result["protocol"]["video"]["pooling"] == "query" and result["training"]["train_queries"] == 30
     assert result["mixing"]["metrics"] == ["R@1", "R@5", "R@10", "R@50"]
     assert (tmp_path / "out" / result["mixing"]["heatmap"]).read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "out" / next(p.name for p in (tmp_path / "out").glob("*.md"))).read_text()
-    assert "meanR4" in table and "GuillaumeHJ/CoVR" in table
+    assert "meanR4" in table and "GuillaumeHJ/CoVR" in table and "--reference covr-order" in table
 
 
 def test_video_options_on_an_image_suite_are_refused():

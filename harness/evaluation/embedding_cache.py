@@ -48,6 +48,8 @@ def identity(backbone, data: SplitData, precision: str) -> dict:
         "gallery": [data.provenance.get("gallery", "split file"), data.provenance.get("gallery_listing_sha256")],
         "suite_version": suite_version(data),
         **({"video": data.provenance["video"]} if data.provenance.get("video") else {}),
+        # CIRCO's query text (harness/suites/circo.py), where it is not the caption
+        **({"query_template": data.provenance["query_template"]} if data.provenance.get("query_template") else {}),
     }
 
 

@@ -13,34 +13,29 @@ from harness.suites.base import SplitData
 
 # The fields, in the order tables show them.
 FIELDS = ("suite", "split", "reader_version", "gallery", "gallery_images", "gallery_features", "reference_removed",
-          "convention", "tie_rule", "caption_cleaning", "text_length", "image_size", "interpolation", "precision",
-          "similarity")
+          "convention", "tie_rule", "caption_cleaning", "query_template", "text_length", "image_size",
+          "interpolation", "precision", "token_pooling", "similarity")
+# Fields added after results were published: left out of the hash at these values, so
+# earlier results keep their hashes (None: the field does not apply).
+ADDED_FIELDS = {"query_template": "caption", "token_pooling": None}
 
 
-def similarity_of(backbone) -> str:
-    """How a query scores against a gallery item."""
-    if getattr(backbone, "multi_vector", False):
-        if getattr(backbone, "query_multi_vector", False):
-            return "max over token pairs (BLIP-2 query tokens x gallery tokens)"
-        return "max over gallery tokens"
-    return "cosine (one vector each)"
-
-
-def model_fields(backbone) -> dict:
-    """The fingerprint's fields that the backbone decides."""
+def model_fields(backbone, similarity: str) -> dict:
+    """The fingerprint's fields that the backbone decides, and the similarity the
+    scoring computed (harness/evaluation/token_pooling.py `similarity_name`)."""
     return {
         "text_length": backbone.max_text_len,
         "image_size": backbone.image_size,
         "interpolation": backbone.preprocessing.describe().get("resize"),
-        "similarity": similarity_of(backbone),
+        "similarity": similarity,
     }
 
 
 def fingerprint(data: SplitData, protocol_block: dict, model: dict, precision: str, gallery_model: dict) -> dict:
     """The fingerprint of scoring `data` as `protocol_block` (the protocol's
-    describe()) says, with the model side `model` (`model_fields`), in `precision`,
-    the gallery features from `gallery_model` (harness/evaluation/fixed_gallery.py's
-    record)."""
+    describe(), with the run's token pooling) says, with the model side `model`
+    (`model_fields`), in `precision`, the gallery features from `gallery_model`
+    (harness/evaluation/fixed_gallery.py's record)."""
     fields = {
         "suite": data.suite,
         "split": data.split,
@@ -53,15 +48,18 @@ def fingerprint(data: SplitData, protocol_block: dict, model: dict, precision: s
         "convention": protocol_block.get("convention"),
         "tie_rule": protocol_block.get("tie_rule"),
         "caption_cleaning": data.provenance.get("caption_cleaning", "none"),
+        "query_template": protocol_block.get("query_template"),
         **{k: model[k] for k in ("text_length", "image_size", "interpolation")},
         "precision": precision,
+        "token_pooling": protocol_block.get("token_pooling"),
         "similarity": model["similarity"],
     }
     return {**fields, "hash": fingerprint_hash(fields)}
 
 
 def fingerprint_hash(fields: dict) -> str:
-    identity = {k: fields.get(k) for k in FIELDS}
+    identity = {k: fields.get(k) for k in FIELDS
+                if not (k in ADDED_FIELDS and fields.get(k) in (None, ADDED_FIELDS[k]))}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from harness.evaluation import reference_rule
 from harness.suites import Query
 
 CONVENTIONS = ("covr", "clip4cir", "cirplant")
@@ -89,20 +90,26 @@ Counts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # greater, equal, posi
 class QueryLabels:
     """Per-query positives as padded tensors, in gallery and in image-set coordinates."""
 
-    reference: torch.Tensor  # (Q,) gallery index of the reference image
+    reference: torch.Tensor  # (Q,) gallery index of the item removed from the ranking (the reference), -1 none
     positives: torch.Tensor  # (Q, P) gallery indices, -1 pad
-    hard: torch.Tensor  # (Q, P) 1 for target_hard, else 0
-    soft: torch.Tensor  # (Q, P) max(target_soft label, 0)
+    hard: torch.Tensor  # (Q, P) float64, 1 for target_hard, else 0
+    soft: torch.Tensor  # (Q, P) float64, max(target_soft label, 0)
     members: torch.Tensor  # (Q, M) gallery indices of img_set members
     member_positives: torch.Tensor  # (Q, P) index into members, -1 pad
 
 
-def build_labels(queries: Sequence[Query], gallery_index: dict[str, int]) -> QueryLabels:
+def build_labels(queries: Sequence[Query], gallery_index: dict[str, int],
+                 excluded: Sequence[str | None] | None = None) -> QueryLabels:
+    """Labels of every query; `excluded` is the gallery item taken out of each query's
+    ranking (harness/evaluation/reference_rule.py; by default its reference, None for
+    nothing): a positive that is that item is a miss. Labels are float64, so a soft
+    label of 0.2 counts as 0.2, not float32's 0.20000000298."""
+    if excluded is None:
+        excluded = reference_rule.excluded_items(queries, "remove")
     rows = []
-    for q in queries:
+    for q, removed in zip(queries, excluded, strict=True):
         labels = {gid: max(v, 0.0) for gid, v in q.target_soft.items() if v > 0}
         pos_ids = ([q.target] if q.target is not None else []) + [g for g in labels if g != q.target]
-        removed = q.reference_item or q.reference  # the reference (its video, for a frame) never ranks
         pos_ids = [g for g in pos_ids if g != removed]
         rows.append((q, pos_ids, labels))
     width = max((len(p) for _, p, _ in rows), default=0)
@@ -110,12 +117,12 @@ def build_labels(queries: Sequence[Query], gallery_index: dict[str, int]) -> Que
     n = len(queries)
     positives = torch.full((n, width), -1, dtype=torch.long)
     member_positives = torch.full((n, width), -1, dtype=torch.long)
-    hard = torch.zeros(n, width)
-    soft = torch.zeros(n, width)
+    hard = torch.zeros(n, width, dtype=torch.float64)
+    soft = torch.zeros(n, width, dtype=torch.float64)
     members = torch.full((n, members_width), -1, dtype=torch.long)
-    reference = torch.empty(n, dtype=torch.long)
+    reference = torch.tensor([gallery_index.get(item, -1) if item is not None else -1 for item in excluded],
+                             dtype=torch.long)
     for i, (q, pos_ids, labels) in enumerate(rows):
-        reference[i] = gallery_index.get(q.reference_item or q.reference, -1)
         members[i, : len(q.members)] = torch.tensor([gallery_index[m] for m in q.members])
         for j, gid in enumerate(pos_ids):
             positives[i, j] = gallery_index[gid]
@@ -184,7 +191,7 @@ def query_values_from_counts(
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    recall_labels = labels.soft if convention == "cirplant" else labels.hard
+    recall_labels = recall_labels_of(labels, convention)
     subset_labels = labels.hard if convention == "clip4cir" else labels.soft
     values = {
         **{f"R@{k}": v for k, v in _variant_values(gallery_counts, recall_labels, tie_rule, RECALL_KS).items()},
@@ -192,6 +199,11 @@ def query_values_from_counts(
     }
     values["Avg"] = (values["R@5"] + values["Rsubset@1"]) / 2
     return values
+
+
+def recall_labels_of(labels: QueryLabels, convention: str) -> torch.Tensor:
+    """The labels Recall@K counts under `convention`: the soft ones for cirplant, else target_hard."""
+    return labels.soft if convention == "cirplant" else labels.hard
 
 
 def means(values: dict[str, torch.Tensor]) -> dict[str, list[float]]:

@@ -9,11 +9,13 @@ A CIRR-protocol line:
                                      "values": {"R@1": 0.0, "R@5": 1.0, ...}}, ...}}
 
 target_rank is the hard target's 1-based place in the gallery with the reference
-removed and ties placed by the run's tie rule (null when the target is not in the
-gallery or is the reference); subset_rank its place among the other members of the
-image set (null when it is not one); top the TOP best gallery ids (ties by gallery
-order) and their scores; values each metric's value for the query, whose mean x 100
-is the metric in the results file (what harness/evaluation/intervals.py resamples).
+removed (as the reference rule says) and ties placed by the run's tie rule (null when
+the target is not in the gallery or is the removed item); subset_rank its place among
+the other members of the image set (null when it is not one); top the TOP best
+gallery ids and their scores, positives placed by the tie rule as the metrics place
+them (harness/evaluation/ranked_lists.py); values each metric's value for the query,
+whose mean x 100 is the metric in the results file (what
+harness/evaluation/intervals.py resamples).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-import kernels
 from harness.core.atomic import write_text
 from harness.core.errors import HarnessError
 from harness.evaluation.embed import methods_of
@@ -32,7 +33,10 @@ from harness.evaluation.metrics import (
     cirr_counts,
     query_values_from_counts,
     ranks_with_ties,
+    recall_labels_of,
 )
+from harness.evaluation.ranked_lists import tie_ordered_top
+from harness.evaluation.reference_rule import excluded_items
 from harness.evaluation.validate import check_embeddings
 
 TOP = 10
@@ -45,11 +49,11 @@ def _hard_target_rank(counts, hard: torch.Tensor, present: torch.Tensor, tie_rul
     return [int(r) + 1 if ok else None for r, ok in zip(ranks[:, 0].tolist(), present.tolist())]
 
 
-def cirr_records(data, emb, convention: str, tie_rule: str, top: int = TOP) -> list[dict]:
+def cirr_records(data, emb, convention: str, tie_rule: str, reference: str = "remove", top: int = TOP) -> list[dict]:
     """One record per query of a CIRR-protocol split (see the module docstring)."""
     check_embeddings(data, emb, methods_of(emb))
     ids = emb.gallery_ids
-    labels = build_labels(data.queries, {g: i for i, g in enumerate(ids)})
+    labels = build_labels(data.queries, {g: i for i, g in enumerate(ids)}, excluded_items(data.queries, reference))
     has_target = labels.hard[:, 0] > 0 if labels.hard.shape[1] else torch.zeros(len(data.queries), dtype=torch.bool)
     in_subset = has_target & (labels.member_positives[:, 0] >= 0) if labels.hard.shape[1] else has_target
     records = [{"pair_id": q.pair_id, "caption": q.caption, "reference": q.reference, "target": q.target,
@@ -60,7 +64,9 @@ def cirr_records(data, emb, convention: str, tie_rule: str, top: int = TOP) -> l
         values = query_values_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule)
         target_rank = _hard_target_rank(gallery_counts, labels.hard, has_target, tie_rule)
         subset_rank = _hard_target_rank(subset_counts, labels.hard, in_subset, tie_rule)
-        scores, index = kernels.topk_excluding(query, emb.gallery, min(top, len(ids) - 1), labels.reference)
+        scores, index = tie_ordered_top(query, emb.gallery, min(top, len(ids) - 1), labels.reference,
+                                        labels.positives, recall_labels_of(labels, convention), tie_rule,
+                                        gallery_counts)
         value_rows = {name: v.tolist() for name, v in values.items()}
         for i, record in enumerate(records):
             record["methods"][method] = {

@@ -33,6 +33,7 @@ class MixSettings:
     suite: str
     split: str
     backbone: str
+    reference: str = "remove"  # harness/evaluation/reference_rule.py
 
 
 def parse_modes(tokens: Sequence[str]) -> tuple[str, ...]:
@@ -76,6 +77,9 @@ def check(settings: MixSettings, suite, data: SplitData, backbone) -> None:
         )
     if not data.has_targets:
         raise HarnessError(f"--mix needs a split with targets; {settings.suite}/{settings.split} has none")
+    if settings.reference != "remove":
+        raise HarnessError(f"--mix scores with the reference removed; --reference {settings.reference} "
+                           "is not supported with it yet: leave --reference out")
     if settings.tune_split == settings.split:
         raise HarnessError(f"--tune-split {settings.split} is the evaluated split: use {HELDOUT} "
                            "to tune on a held-out half of it")

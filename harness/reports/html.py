@@ -5,7 +5,8 @@ top-5 retrieved with the target outlined) for a seeded sample of successes and
 failures and for the queries where composed and image-only disagree most.
 
 Built from the results and the per-query file (harness/evaluation/per_query.py);
-`image_of(id)` returns a PIL image (the split's loader) or None for no thumbnails.
+`image_of(id)` returns a PIL image (the split's loader) or None where there is none
+to show (the id stands in its place).
 The page reports its own health for the browser test: after load, <body> carries
 data-images (images decoded) and data-broken (images that failed) and
 data-errors (script errors).
@@ -41,6 +42,8 @@ pre { background: #f6f6f6; padding: 8px; white-space: pre-wrap; font-size: 12px;
 .cell img.target { border-color: #2ca02c; }
 .cell img.reference { border-color: #888; }
 .caption { width: 220px; font-size: 13px; padding: 4px; }
+.missing { width: 90px; height: 90px; border: 3px dashed #ccc; font-size: 10px; overflow-wrap: anywhere;
+           display: flex; align-items: center; justify-content: center; }
 """
 
 # Marks <body> with what loaded, for tests/test_html_report.py (and anyone debugging).
@@ -159,7 +162,9 @@ def qualitative_row(record: dict, image_of: Callable[[str], object | None]) -> s
 
     def thumb(image_id: str, css: str, label: str) -> str:
         image = image_of(image_id)
-        picture = f'<img class="{css}" src="{data_uri(image)}" alt="{html.escape(image_id)}">' if image else ""
+        # no image (embeddings scored without the images): the id in its place
+        picture = (f'<img class="{css}" src="{data_uri(image)}" alt="{html.escape(image_id)}">' if image
+                   else f'<div class="missing {css}">{html.escape(image_id)}</div>')
         return f'<div class="cell">{picture}<br>{html.escape(label)}</div>'
 
     ranks = ", ".join(f"{html.escape(m)}: {v.get('target_rank')}" for m, v in record["methods"].items())

@@ -24,7 +24,8 @@ def run_summary(result: dict) -> str:
     p, b = result["protocol"], result["backbone"]
     lines = [
         f"{p['suite']} / {p['split']}: {p['queries']} queries over {p['gallery_images']} gallery images; "
-        f"reference removed; tie rule {p['tie_rule']}"
+        f"{reference_text(p.get('reference_removed', True))}; tie rule {p['tie_rule']}"
+        + (f"; query text {p['query_template']}" if p.get("query_template", "caption") != "caption" else "")
         + (f"; convention {p['convention']}" if "convention" in p else "")
         + (f"; captions joined as {p['caption_rule']}" if p.get("caption_rule") else "")
         + ("; ranked within each category (" + ", ".join(f"{c} {n} images" for c, n in
@@ -48,6 +49,13 @@ def run_summary(result: dict) -> str:
         if training_line(training):
             lines.append(training_line(training))
     return "\n".join(lines)
+
+
+def reference_text(rule) -> str:
+    """The protocol block's reference_removed in words (harness/evaluation/reference_rule.py)."""
+    if rule is True:
+        return "reference removed"
+    return "reference kept in its ranking" if rule is False else f"reference masked by the {rule} rule"
 
 
 def paper_differences(result: dict) -> list[str]:

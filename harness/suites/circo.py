@@ -15,6 +15,14 @@ Protocol (CIRCO's evaluation, as CoVR runs it):
 - test has no targets: the run writes the server file, {"<query id>": [50 image ids]}
   for every query, without duplicates (the server rejects them).
 
+Query text (`--query-template`): `caption` (default) feeds the relative caption, as
+CoVR does (src/test/blip/circo.py and src/test/blip2/circo.py read
+batch["relative_caption"]); `shared-concept` feeds "find {shared_concept} but
+{relative_caption}", as MagicLens does (google-deepmind/magiclens data_utils.py line
+173) and BGE-VL / MegaPairs report their CIRCO numbers with (VectorSpaceLab/MegaPairs
+issues 15 and 33: without the shared concept their mAP does not match). Caption
+cleaning (`--caption-cleaning`) applies to the text the template makes.
+
 CIRCO has no train split: it measures zero-shot retrieval (CoVR trains on
 WebVid-CoVR). A run that fine-tunes (blip-tiny's default) trains on the `shapes`
 dataset the generator writes beside the generated CIRCO (zero_shot_train/), in the
@@ -40,6 +48,7 @@ DEFAULT_SPEC = circo_generator.CircoSpec()
 
 # Reading rules, part of the embedding-cache key: bump when a change alters the queries read.
 READER_VERSION = 1
+QUERY_TEMPLATES = {"caption": "{relative_caption}", "shared-concept": "find {shared_concept} but {relative_caption}"}
 
 LAYOUT = """Expected layout (CIRCO):
   {root}/annotations/val.json, {root}/annotations/test.json
@@ -55,7 +64,7 @@ NO_TRAIN_SPLIT = (
 )
 
 
-def read_circo(root: Path, split: str, suite: str) -> SplitData:
+def read_circo(root: Path, split: str, suite: str, query_template: str = "caption") -> SplitData:
     help_text = LAYOUT.format(root=root, info=INFO_FILE, images=IMAGE_DIR)
     annotation_file = root / "annotations" / f"{split}.json"
     info_file = root / INFO_FILE
@@ -77,7 +86,7 @@ def read_circo(root: Path, split: str, suite: str) -> SplitData:
     if not isinstance(entries, list) or not entries:
         raise HarnessError(f"annotation file {annotation_file} must hold a non-empty list of queries")
     has_targets = split == "val"
-    queries = [_parse(entry, f"{annotation_file}, entry {i}", has_targets, image_paths)
+    queries = [_parse(entry, f"{annotation_file}, entry {i}", has_targets, image_paths, query_template)
                for i, entry in enumerate(entries)]
     if len({q.pair_id for q in queries}) != len(queries):
         raise HarnessError(f"{annotation_file}: a query id appears twice")
@@ -90,10 +99,12 @@ def read_circo(root: Path, split: str, suite: str) -> SplitData:
         "image_info_file": str(info_file),
         "split_sha256": _sha256(info_file),
     }
+    if query_template != "caption":  # the embedding cache keys on the provenance: a new text, a new key
+        provenance["query_template"] = query_template
     return SplitData(suite, split, queries, list(image_paths), image_paths, has_targets, help_text, provenance)
 
 
-def _parse(entry, where: str, has_targets: bool, gallery: dict) -> Query:
+def _parse(entry, where: str, has_targets: bool, gallery: dict, query_template: str) -> Query:
     if not isinstance(entry, dict):
         raise HarnessError(f"{where}: every query must be an object, got {entry!r:.80}")
     required = ["id", "reference_img_id", "relative_caption"] + (
@@ -103,6 +114,8 @@ def _parse(entry, where: str, has_targets: bool, gallery: dict) -> Query:
         raise HarnessError(f"{where}: missing field(s) {', '.join(missing)}")
     if not isinstance(entry["relative_caption"], str):
         raise HarnessError(f"{where}: relative_caption must be a string")
+    if query_template == "shared-concept" and not isinstance(entry.get("shared_concept"), str):
+        raise HarnessError(f"{where}: --query-template shared-concept needs a shared_concept string in every query")
     ids = [entry["id"], entry["reference_img_id"]]
     if has_targets:
         ids += [entry["target_img_id"], *entry["gt_img_ids"]] if isinstance(entry["gt_img_ids"], list) else [None]
@@ -119,7 +132,9 @@ def _parse(entry, where: str, has_targets: bool, gallery: dict) -> Query:
     for role, image_id in [("reference_img_id", reference), *(("gt_img_ids", g) for g in ground_truths)]:
         if image_id not in gallery:
             raise HarnessError(f"{where}: {role} {image_id} is not in the image info file")
-    return Query(entry["id"], reference, entry["relative_caption"], target, ground_truths=ground_truths)
+    text = QUERY_TEMPLATES[query_template].format(relative_caption=entry["relative_caption"],
+                                                  shared_concept=entry.get("shared_concept"))
+    return Query(entry["id"], reference, text, target, ground_truths=ground_truths)
 
 
 def _sha256(path: Path) -> str:
@@ -132,8 +147,12 @@ class CircoSuite:
     splits = ("val", "test")
     default_split = "val"
     scoring = "circo"  # harness/evaluation/protocols/circo.py
+    options = ("query_template",)  # RunConfig fields it takes
 
-    def __init__(self, data_root: Path | None = None):
+    def __init__(self, data_root: Path | None = None, query_template: str = "caption"):
+        if query_template not in QUERY_TEMPLATES:
+            raise HarnessError(f"--query-template must be one of {', '.join(QUERY_TEMPLATES)}, not {query_template!r}")
+        self.query_template = query_template
         self.manifest: dict | None = None
         if data_root is None:
             self.root = default_root("circo", circo_generator.describe(DEFAULT_SPEC))
@@ -152,7 +171,7 @@ class CircoSuite:
         if split not in self.splits:
             hint = f" {NO_TRAIN_SPLIT}" if split == "train" else ""
             raise HarnessError(f"circo has splits {', '.join(self.splits)}, not {split!r}.{hint}")
-        data = read_circo(self.root, split, self.name)
+        data = read_circo(self.root, split, self.name, self.query_template)
         if self.manifest is not None:
             data.provenance["manifest"] = self.manifest
         return data

@@ -1,3 +1,3 @@
-"""Fine-tuning: the loop, its settings and recipes, engines (plain torch, DeepSpeed
+"""Fine-tuning: the loop, its settings and recipes, what an epoch iterates, engines (plain torch, DeepSpeed
 ZeRO), gathered negatives, gradient caching, losses and the resumable state.
 May import harness.core, harness.suites and backbones."""

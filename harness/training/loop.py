@@ -35,7 +35,7 @@ from harness.core.errors import HarnessError
 from harness.core.progress import progress, say
 from harness.suites.base import SplitData
 from harness.suites.image_store import ImageStore
-from harness.training import state
+from harness.training import iterate, state
 from harness.training.grad_cache import cached_step, chunk_bounds, full_batch_step
 from harness.training.graph_memory import GraphMeter
 from harness.training.losses import contrastive_loss
@@ -63,6 +63,7 @@ class TrainResult:
     schedule: str = "step"
     peak_graph_bytes: int = 0  # largest autograd graph (saved activations) of a step
     targets_cached: bool = False
+    iterate: str = "rows"  # what an epoch visits (harness/training/iterate.py)
     resumed_from_step: int | None = None
     rank_parameter_sha256: list[str] = field(default_factory=list)  # trained weights, per rank: all equal
 
@@ -142,6 +143,7 @@ class BatchPlan:
     """How the queries split into steps and ranks: every epoch drops the last partial batch."""
 
     queries: list
+    units: list[list]  # what an epoch visits once (harness/training/iterate.py)
     world: int
     rank: int
     batch_size: int  # over all ranks
@@ -158,18 +160,19 @@ class BatchPlan:
         if len(queries) < 2:
             raise HarnessError(f"{data.suite}/{data.split} has {len(queries)} training queries; need at least 2")
         world = world_size()
-        batch_size = min(settings.batch_size, len(queries))
+        groups = iterate.units(queries, settings.iterate)
+        batch_size = min(settings.batch_size, len(groups))
         if batch_size % world:
             raise HarnessError(f"batch {batch_size} does not split evenly over {world} ranks")
-        steps_per_epoch = len(queries) // batch_size
-        return cls(queries, world, torch.distributed.get_rank() if world > 1 else 0, batch_size,
+        steps_per_epoch = len(groups) // batch_size
+        return cls(queries, groups, world, torch.distributed.get_rank() if world > 1 else 0, batch_size,
                    batch_size // world, steps_per_epoch, steps_per_epoch * settings.epochs,
                    chunk_bounds(batch_size // world, settings.grad_cache_chunk))
 
-    def shard(self, permutation: list[int], step_in_epoch: int) -> list:
-        """This rank's queries of one step."""
+    def shard(self, permutation: list[int], picks: list, step_in_epoch: int) -> list:
+        """This rank's queries of one step (`picks`: the epoch's query of each unit)."""
         start = step_in_epoch * self.batch_size + self.rank * self.local
-        return [self.queries[i] for i in permutation[start : start + self.local]]
+        return [picks[i] for i in permutation[start : start + self.local]]
 
 
 class Trainer:
@@ -258,11 +261,12 @@ class Trainer:
         for epoch in range(progress_.step // plan.steps_per_epoch, self.settings.epochs):
             # The state before this epoch's draw: a resumed run redraws the same order.
             progress_.epoch_order_state = self.order.get_state()
-            permutation = torch.randperm(len(plan.queries), generator=self.order).tolist()
+            permutation = torch.randperm(len(plan.units), generator=self.order).tolist()
+            picks = iterate.draw(plan.units, self.order)
             first = progress_.step - epoch * plan.steps_per_epoch
             for b in progress(range(first, plan.steps_per_epoch), desc=f"epoch {epoch + 1}/{self.settings.epochs}",
                               unit="step"):
-                progress_.step_losses.append(self.step(plan.shard(permutation, b), epoch, b))
+                progress_.step_losses.append(self.step(plan.shard(permutation, picks, b), epoch, b))
                 progress_.step += 1
                 samples += plan.batch_size
                 at_epoch_end = b == plan.steps_per_epoch - 1
@@ -308,6 +312,7 @@ class Trainer:
             grad_cache_chunk=settings.grad_cache_chunk if len(plan.bounds) > 1 else None,
             engine=f"deepspeed {settings.deepspeed}" if settings.deepspeed else "torch",
             loss=settings.loss, schedule=settings.schedule, targets_cached=self.pairs.target_rows is not None,
+            iterate=settings.iterate,
             resumed_from_step=self.resumed_from, peak_graph_bytes=max(self.meter.peak, self.progress.peak_graph_bytes),
             rank_parameter_sha256=gather_to_rank0(parameter_sha256(self.trainable)) or [],
         )

@@ -25,3 +25,4 @@ class TrainSettings:
     checkpoint_every: int  # also write the training state every N steps (0: epoch ends only)
     resume: bool
     seed: int
+    iterate: str = "rows"  # "rows" or "targets" (harness/training/iterate.py)

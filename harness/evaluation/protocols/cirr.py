@@ -70,6 +70,8 @@ def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, s
 
 class CirrProtocol:
     name = "cirr"
+    reference_rules = ("remove",)  # every peer's CIRR scoring removes it
+    token_pooling = "max"  # CoVR-2: src/test/blip2/cirr.py, cirr_val.py (harness/evaluation/token_pooling.py)
 
     def describe(self, data, rules: ScoringRules) -> dict:
         # The fields CIRR results always carried, in their order (no "scoring" field).
@@ -90,7 +92,7 @@ class CirrProtocol:
     def query_records(self, data, emb, rules: ScoringRules) -> list[dict]:
         return cirr_records(data, emb, rules.convention, rules.tie_rule)
 
-    def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]:
+    def write_server_files(self, data, emb, rules: ScoringRules, directory: Path, stem: str) -> dict[str, str]:
         return write_server_files(data, emb, directory, stem)
 
     def metrics_table(self, result: dict) -> str:

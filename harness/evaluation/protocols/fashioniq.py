@@ -28,6 +28,8 @@ from harness.evaluation.protocols.tables import (
     paper_rows,
     table,
 )
+from harness.evaluation.ranked_lists import tie_ordered_top
+from harness.evaluation.reference_rule import excluded_items, recorded
 from harness.evaluation.validate import check_embeddings
 from harness.suites.base import Query
 
@@ -58,15 +60,21 @@ def merge_phrasings(queries: Sequence[Query], emb):
     return [first[p] for p in unique], merged
 
 
-def _category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list[str], category: str):
-    """Rows of the category's queries, the gallery rows of its images, and each query's
-    reference in category coordinates (-1 where it is not in the category's gallery)."""
+def _category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list[str], category: str,
+                     reference: str = "remove"):
+    """Rows of the category's queries, the gallery rows of its images, each query's
+    removed item (`reference`, harness/evaluation/reference_rule.py) in category
+    coordinates (-1: none, or not in the category's gallery), and its target there
+    (-1 where the target is the removed item, a miss as in CoVR, or unknown: test)."""
     index = {g: i for i, g in enumerate(gallery_ids)}
     local = {g: j for j, g in enumerate(ids)}
     rows = [i for i, q in enumerate(queries) if q.group == category]
+    removed = excluded_items([queries[i] for i in rows], reference)
     columns = torch.tensor([index[g] for g in ids], dtype=torch.long)
-    exclude = torch.tensor([local.get(queries[i].reference, -1) for i in rows], dtype=torch.long)
-    return rows, columns, exclude, local
+    exclude = torch.tensor([local.get(item, -1) if item else -1 for item in removed], dtype=torch.long)
+    positives = torch.tensor([[local[queries[i].target] if queries[i].target not in (None, item) else -1]
+                              for i, item in zip(rows, removed)], dtype=torch.long).reshape(len(rows), 1)
+    return rows, columns, exclude, positives
 
 
 def category_hits(
@@ -77,23 +85,19 @@ def category_hits(
     groups: dict[str, list[str]],
     tie_rule: str = "pessimistic",
     ks: Sequence[int] = RECALL_KS,
+    reference: str = "remove",
 ) -> dict[str, tuple[list[int], dict[int, torch.Tensor], torch.Tensor]]:
     """{category: (its query rows, {K: hit within K per query, float64}, the target's
     0-based rank per query)} for the categories that have queries."""
     hits = {}
     for category, ids in groups.items():
-        rows, columns, exclude, local = _category_inputs(queries, gallery_ids, ids, category)
+        rows, columns, exclude, positives = _category_inputs(queries, gallery_ids, ids, category, reference)
         if not rows:
             continue
-        # A target equal to its reference is removed with it: a miss, as in CoVR.
-        positives = torch.tensor(
-            [[local[queries[i].target] if queries[i].target != queries[i].reference else -1] for i in rows],
-            dtype=torch.long,
-        )
         greater, equal, pos_scores = kernels.target_rank_counts(
             query_emb[rows], gallery_emb[columns], positives, exclude
         )
-        labels = (positives >= 0).float()
+        labels = (positives >= 0).double()
         ranks = ranks_with_ties(greater, equal, pos_scores, labels, tie_rule)
         hits[category] = (rows, {k: values_at(ranks, labels, k).double() for k in ks}, ranks[:, 0])
     return hits
@@ -107,10 +111,11 @@ def fashioniq_metrics(
     groups: dict[str, list[str]],
     tie_rule: str = "pessimistic",
     ks: Sequence[int] = RECALL_KS,
+    reference: str = "remove",
 ) -> dict[str, float]:
     """R@K per category ("dress R@10"), their unweighted mean over the categories that
     have queries ("avg R@10"), and Avg, the mean of the "avg" values."""
-    hits = category_hits(queries, query_emb, gallery_emb, gallery_ids, groups, tie_rule, ks)
+    hits = category_hits(queries, query_emb, gallery_emb, gallery_ids, groups, tie_rule, ks, reference)
     metrics = {f"{c} R@{k}": percent(v).item() for c, (_, by_k, _) in hits.items() for k, v in by_k.items()}
     for k in ks:
         metrics[f"avg R@{k}"] = sum(metrics[f"{c} R@{k}"] for c in hits) / len(hits)
@@ -142,13 +147,15 @@ def columns_for(categories: Sequence[str], ks: Sequence[int] = RECALL_KS) -> lis
 
 class FashionIQProtocol:
     name = "fashioniq"
+    reference_rules = ("remove", "keep")
+    token_pooling = "mean"  # CoVR-2: src/test/blip2/fashioniq.py lines 73-75, 99-103 (harness/evaluation/token_pooling.py)
 
     def describe(self, data, rules: ScoringRules) -> dict:
         annotations = {c: len({q.pair_id for q in data.queries if q.group == c}) for c in data.groups}
         return {
             "scoring": self.name,
             "queries": sum(annotations.values()),
-            "reference_removed": True,
+            "reference_removed": recorded(rules.reference),
             "tie_rule": rules.tie_rule,
             "caption_rule": data.provenance.get("caption_rule"),
             "categories": list(data.groups),
@@ -162,7 +169,7 @@ class FashionIQProtocol:
         queries, merged = merge_phrasings(data.queries, emb)
         return {
             method: fashioniq_metrics(queries, getattr(merged, attr), merged.gallery, merged.gallery_ids,
-                                      data.groups, rules.tie_rule)
+                                      data.groups, rules.tie_rule, reference=rules.reference)
             for method, attr in methods_of(emb).items()
         }
 
@@ -171,7 +178,8 @@ class FashionIQProtocol:
         queries, merged = merge_phrasings(data.queries, emb)
         return {
             method: fashioniq_query_values(len(queries), category_hits(
-                queries, getattr(merged, attr), merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule))
+                queries, getattr(merged, attr), merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule,
+                reference=rules.reference))
             for method, attr in methods_of(emb).items()
         }
 
@@ -185,12 +193,14 @@ class FashionIQProtocol:
                     "category": q.group, "methods": {}} for q in queries]
         for method, attr in methods_of(emb).items():
             query_emb = getattr(merged, attr)
-            hits = category_hits(queries, query_emb, merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule)
+            hits = category_hits(queries, query_emb, merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule,
+                                 reference=rules.reference)
             for category, (rows, by_k, ranks) in hits.items():
                 ids = data.groups[category]
-                _, columns, exclude, _ = _category_inputs(queries, merged.gallery_ids, ids, category)
-                scores, top = kernels.topk_excluding(query_emb[rows], merged.gallery[columns], min(10, len(ids) - 1),
-                                                     exclude)
+                _, columns, exclude, positives = _category_inputs(queries, merged.gallery_ids, ids, category,
+                                                                  rules.reference)
+                scores, top = tie_ordered_top(query_emb[rows], merged.gallery[columns], min(10, len(ids) - 1),
+                                              exclude, positives, (positives >= 0).double(), rules.tie_rule)
                 for j, i in enumerate(rows):
                     rank = int(ranks[j])
                     records[i]["methods"][method] = {
@@ -201,14 +211,15 @@ class FashionIQProtocol:
                     }
         return records
 
-    def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]:
-        """Top 50 of each annotation within its category, reference removed (ties by
-        gallery order): FashionIQ has no server, this is the ranking to score offline."""
+    def write_server_files(self, data, emb, rules: ScoringRules, directory: Path, stem: str) -> dict[str, str]:
+        """Top 50 of each annotation within its category, reference removed (or kept, as
+        --reference says; ties by gallery order): FashionIQ has no server, this is the
+        ranking to score offline."""
         check_embeddings(data, emb, {"composed f(q,t)": "composed"})
         queries, merged = merge_phrasings(data.queries, emb)
         rankings = []
         for category, ids in data.groups.items():
-            rows, columns, exclude, _ = _category_inputs(queries, merged.gallery_ids, ids, category)
+            rows, columns, exclude, _ = _category_inputs(queries, merged.gallery_ids, ids, category, rules.reference)
             if not rows:
                 continue
             _, top = kernels.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP, exclude)

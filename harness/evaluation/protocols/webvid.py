@@ -2,7 +2,12 @@
 each query ranks the split's target videos, its own reference video removed where
 it is one of them; Recall@{1,5,10,50} on the target, meanR3 = mean of R@1, R@5,
 R@10 and meanR4 = mean of the four, as CoVR's eval_recall. The ranks come from the
-CIRR-protocol counts (harness/evaluation/metrics.py) without image sets."""
+CIRR-protocol counts (harness/evaluation/metrics.py) without image sets.
+
+`--reference` (harness/evaluation/reference_rule.py): `remove` (default, the rule
+CoVR's code means), `keep` (mteb's WebVid-CoVR task never masks), `covr-order`
+(CoVR's mask as its code places it when the CSV is not sorted by `pth2`: on such a
+file CoVR prints other numbers than `remove` gives; on a sorted file they agree)."""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from harness.evaluation.protocols.tables import (
     paper_rows,
     table,
 )
+from harness.evaluation.reference_rule import excluded_items, recorded
 from harness.evaluation.validate import check_embeddings
 
 RECALL_KS = (1, 5, 10, 50)
@@ -39,14 +45,17 @@ def webvid_values(recalls: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 class WebVidProtocol:
     name = "webvid"
+    reference_rules = ("remove", "keep", "covr-order")
+    token_pooling = "mean"  # CoVR-2: src/test/blip2/webvid_covr.py lines 78-79, 100-102
 
     def describe(self, data, rules: ScoringRules) -> dict:
-        return {"scoring": self.name, "reference_removed": True, "tie_rule": rules.tie_rule,
+        return {"scoring": self.name, "reference_removed": recorded(rules.reference), "tie_rule": rules.tie_rule,
                 "recall_ks": list(RECALL_KS), "video": data.provenance.get("video")}
 
     def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]:
         check_embeddings(data, emb, methods_of(emb))
-        labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
+        labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)},
+                              excluded_items(data.queries, rules.reference))
         return {method: webvid_values(cirr_query_values(getattr(emb, attr), emb.gallery, labels, "covr",
                                                         rules.tie_rule))
                 for method, attr in methods_of(emb).items()}
@@ -61,7 +70,7 @@ class WebVidProtocol:
         return metrics
 
     def query_records(self, data, emb, rules: ScoringRules) -> list[dict]:
-        records = cirr_records(data, emb, "covr", rules.tie_rule)
+        records = cirr_records(data, emb, "covr", rules.tie_rule, rules.reference)
         for record in records:
             for method in record["methods"].values():
                 hits = {k: torch.tensor([v]) for k, v in method["values"].items()}
@@ -69,7 +78,7 @@ class WebVidProtocol:
                 method.pop("subset_rank", None)  # WebVid-CoVR has no image sets
         return records
 
-    def write_server_files(self, data, emb, directory: Path, stem: str) -> dict[str, str]:
+    def write_server_files(self, data, emb, rules: ScoringRules, directory: Path, stem: str) -> dict[str, str]:
         raise HarnessError("WebVid-CoVR has no evaluation server: every split has targets and is scored")
 
     def metrics_table(self, result: dict) -> str:
@@ -77,8 +86,14 @@ class WebVidProtocol:
                   for k in RECALL_KS}
         rows = method_rows(result, METRICS, chance) + paper_rows(PAPER_WEBVID, METRICS)
         intervals = interval_table(result, METRICS)
-        return table(rows, METRICS) + "\n\n" + paper_note(result, PAPER_WEBVID) + (
+        return table(rows, METRICS) + "\n\n" + paper_note(result, PAPER_WEBVID) + " " + COVR_ORDER_NOTE + (
             "\n\n" + intervals if intervals else "")
+
+
+COVR_ORDER_NOTE = (
+    "CoVR's own masking follows its CSV's order: on a file not sorted by pth2 it masks other videos "
+    "than the query's reference, and its printed numbers then match --reference covr-order, not the "
+    "reference removal this harness does by default (harness/evaluation/reference_rule.py).")
 
 
 PROTOCOLS.register("webvid")(WebVidProtocol())
