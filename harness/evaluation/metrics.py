@@ -120,8 +120,7 @@ def build_labels(queries: Sequence[Query], gallery_index: dict[str, int],
     hard = torch.zeros(n, width, dtype=torch.float64)
     soft = torch.zeros(n, width, dtype=torch.float64)
     members = torch.full((n, members_width), -1, dtype=torch.long)
-    reference = torch.tensor([gallery_index.get(item, -1) if item is not None else -1 for item in excluded],
-                             dtype=torch.long)
+    reference = reference_rule.excluded_indices(excluded, gallery_index)
     for i, (q, pos_ids, labels) in enumerate(rows):
         members[i, : len(q.members)] = torch.tensor([gallery_index[m] for m in q.members])
         for j, gid in enumerate(pos_ids):

@@ -42,13 +42,14 @@ def tie_ordered_top(query: torch.Tensor, gallery: torch.Tensor, k: int, exclude:
                                 distinct_labels(labels, real), tie_rule)
     scores, top = kernels.topk_excluding(query, gallery, k + positives.shape[1], exclude)
     k = min(k, top.shape[1])
+    rows = zip(real.tolist(), positions.tolist(), pos_scores.tolist(), positives.tolist(), scores.tolist(),
+               top.tolist())
     out_scores, out_top = [], []
-    for i in range(len(top)):
-        real_i = real[i].tolist()
-        placed = {int(positions[i, p]): (float(pos_scores[i, p]), int(positives[i, p]))
-                  for p in range(positives.shape[1]) if real_i[p] and int(positions[i, p]) < k}
-        taken = {int(positives[i, p]) for p in range(positives.shape[1]) if real_i[p]}
-        others = iter([(s, j) for s, j in zip(scores[i].tolist(), top[i].tolist()) if j not in taken])
+    for real_i, position_i, score_i, positive_i, scores_i, top_i in rows:
+        mine = [(place, (score, item)) for ok, place, score, item in zip(real_i, position_i, score_i, positive_i) if ok]
+        placed = {place: entry for place, entry in mine if place < k}
+        taken = {item for _, (_, item) in mine}
+        others = iter([(s, j) for s, j in zip(scores_i, top_i) if j not in taken])
         row = [placed[slot] if slot in placed else next(others) for slot in range(k)]
         out_scores.append([s for s, _ in row])
         out_top.append([j for _, j in row])

@@ -8,9 +8,12 @@
   WebVid-CoVR (src/test/blip/webvid_covr.py lines 96-100); CIRR's every peer
   removes it (CLIP4Cir's compute_cirr_val_metrics, CIRPLANT's evaluation).
 - `keep`: the reference is ranked like any other item, as CLIP4Cir and SPRC score
-  FashionIQ, SEARLE and MagicLens score CIRCO, and mteb scores every task (its
-  issue #5155). A reference ranks high on a composed query, so `keep` lowers
-  recall where the reference is in the gallery.
+  FashionIQ (src/validate.py lines 21-57; SPRC src/validate_blip.py lines 24-57),
+  SEARLE and MagicLens score CIRCO (SEARLE src/validate.py lines 297-364; magiclens
+  inference.py lines 127-133), and as mteb's composed tasks were reported to (its
+  issue #5155, cited by this project's issue; not found in the index here; mteb
+  PR 1154 added an optional `skip_first_result`). A reference ranks high on a
+  composed query, so `keep` lowers recall where the reference is in the gallery.
 - `covr-order` (WebVid-CoVR only): CoVR's own mask as its code places it on a CSV
   that is not sorted by `pth2`. src/data/webvid_covr.py takes the query order from
   `df[iterate].unique()` (line 260) before `sort_values` (line 264), but the
@@ -27,6 +30,8 @@ Each protocol lists the rules it accepts (`reference_rules`); CIRR's is `remove`
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import torch
 
 from harness.core.errors import HarnessError
 
@@ -82,6 +87,7 @@ def covr_order_masked(queries: Sequence) -> list[str | None]:
     return masked
 
 
-def index_of_excluded(queries: Sequence, rule: str, gallery_index: dict[str, int]) -> list[int]:
-    """Each query's excluded item as a gallery index, -1 for none (or not in this gallery)."""
-    return [gallery_index.get(item, -1) if item is not None else -1 for item in excluded_items(queries, rule)]
+def excluded_indices(items: Sequence[str | None], gallery_index: dict[str, int]) -> torch.Tensor:
+    """`excluded_items` as indices into a gallery (id -> row), -1 for none or not in it."""
+    return torch.tensor([gallery_index.get(item, -1) if item is not None else -1 for item in items],
+                        dtype=torch.long)

@@ -33,7 +33,7 @@ from harness.evaluation.protocols.tables import (
     table,
 )
 from harness.evaluation.ranked_lists import tie_ordered_top
-from harness.evaluation.reference_rule import excluded_items, recorded
+from harness.evaluation.reference_rule import excluded_indices, excluded_items, recorded
 from harness.evaluation.server_files import CIRCO_TOP, write_circo_submission
 from harness.evaluation.validate import check_embeddings
 
@@ -53,18 +53,20 @@ def ground_truth_labels(data, gallery_ids: list[str], reference: str = "remove"
             if gid != removed[i]:
                 positives[i, j] = index[gid]
     counts = torch.tensor([len(q.ground_truths) for q in data.queries], dtype=torch.long)
-    exclude = torch.tensor([index.get(item, -1) if item else -1 for item in removed], dtype=torch.long)
+    exclude = excluded_indices(removed, index)
     return positives, counts, exclude
 
 
-def ordered_lists(data, emb, query: torch.Tensor, k: int, rules: ScoringRules) -> tuple[torch.Tensor, torch.Tensor]:
+def ordered_lists(data, emb, query: torch.Tensor, k: int, rules: ScoringRules, counts=None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query's top k (scores, gallery indices), ground truths placed by the tie
-    rule as the metrics place them (a split without targets: ties by gallery order)."""
+    rule as the metrics place them (a split without targets: ties by gallery order);
+    `counts`: the ground truths' rank counts, where the caller has them."""
     positives, _, exclude = ground_truth_labels(data, emb.gallery_ids, rules.reference)
     # distinct labels, target first: the order ground_truth_positions settles ties between ground truths in
     labels = torch.arange(positives.shape[1], 0, -1, dtype=torch.float64).expand(positives.shape)
     return tie_ordered_top(query, emb.gallery, min(k, len(emb.gallery_ids) - 1), exclude, positives, labels,
-                           rules.tie_rule)
+                           rules.tie_rule, counts)
 
 
 class CircoProtocol:
@@ -114,7 +116,7 @@ class CircoProtocol:
             greater, equal, pos_scores = kernels.target_rank_counts(query, emb.gallery, positives, exclude)
             positions = ground_truth_positions(greater, equal, pos_scores, rules.tie_rule)[:, 0].tolist()
             values = map_query_values(query, emb.gallery, positives, counts, exclude, rules.tie_rule)
-            scores, top = ordered_lists(data, emb, query, 10, rules)
+            scores, top = ordered_lists(data, emb, query, 10, rules, (greater, equal, pos_scores))
             for i, record in enumerate(records):
                 record["methods"][method] = {
                     "target_rank": positions[i] + 1 if positions[i] < torch.iinfo(torch.long).max else None,

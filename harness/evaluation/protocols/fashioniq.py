@@ -29,7 +29,7 @@ from harness.evaluation.protocols.tables import (
     table,
 )
 from harness.evaluation.ranked_lists import tie_ordered_top
-from harness.evaluation.reference_rule import excluded_items, recorded
+from harness.evaluation.reference_rule import excluded_indices, excluded_items, recorded
 from harness.evaluation.validate import check_embeddings
 from harness.suites.base import Query
 
@@ -71,7 +71,7 @@ def _category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list
     rows = [i for i, q in enumerate(queries) if q.group == category]
     removed = excluded_items([queries[i] for i in rows], reference)
     columns = torch.tensor([index[g] for g in ids], dtype=torch.long)
-    exclude = torch.tensor([local.get(item, -1) if item else -1 for item in removed], dtype=torch.long)
+    exclude = excluded_indices(removed, local)
     positives = torch.tensor([[local[queries[i].target] if queries[i].target not in (None, item) else -1]
                               for i, item in zip(rows, removed)], dtype=torch.long).reshape(len(rows), 1)
     return rows, columns, exclude, positives

@@ -5,7 +5,7 @@ R@10 and meanR4 = mean of the four, as CoVR's eval_recall. The ranks come from t
 CIRR-protocol counts (harness/evaluation/metrics.py) without image sets.
 
 `--reference` (harness/evaluation/reference_rule.py): `remove` (default, the rule
-CoVR's code means), `keep` (mteb's WebVid-CoVR task never masks), `covr-order`
+CoVR's code means), `keep` (as mteb's WebVid-CoVR task is reported to score), `covr-order`
 (CoVR's mask as its code places it when the CSV is not sorted by `pth2`: on such a
 file CoVR prints other numbers than `remove` gives; on a sorted file they agree)."""
 
