@@ -13,6 +13,8 @@ from harness.core.errors import HarnessError
 from harness.core.precision import PRECISIONS
 from harness.evaluation.protocols.base import ScoringRules
 from harness.mixing.modes import MixSettings, parse_modes
+from harness.similarity.bank import resolve_bank
+from harness.similarity.settings import SimilaritySettings, parse_methods
 from harness.suites import SUITES
 from harness.training.iterate import ITERATE
 from harness.training.losses import LOSSES
@@ -77,11 +79,15 @@ class RunConfig:
     # video suites (harness/suites/webvid_covr.py): the query's frame, how a target's frames pool
     video_query_frame: str = "middle"
     video_pooling: str = "query"
-    # mixed embeddings (harness/mixing/core.py); at these defaults left out of the hash
+    # mixed embeddings (harness/mixing/__init__.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
     mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
     tune_split: str = "heldout-half"  # where mixing weights are chosen: a seeded half of the split, or a split
     tune_max_queries: int | None = 5000  # cap on a tuning split's queries (seeded subsample)
+    # similarity methods (harness/similarity); at these defaults left out of the hash
+    similarity: tuple[str, ...] = ()  # method names; () = cosine only, no study
+    similarity_bank: str = "auto"  # the hubness corrections' query bank: a split, auto (train, else another), none
+    similarity_bank_max_queries: int | None = 2000  # cap on the bank's queries (seeded subsample)
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> RunConfig:
@@ -114,6 +120,8 @@ class RunConfig:
             values["deepspeed"] = None  # --deepspeed none: the plain engine despite the recipe
         if values.get("mix"):
             values["mix"] = parse_modes(values["mix"])
+        if values.get("similarity"):
+            values["similarity"] = parse_methods(values["similarity"])
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -123,8 +131,9 @@ class RunConfig:
     def from_dict(cls, recorded: dict) -> RunConfig:
         """The config a results file records (fields added later take their defaults)."""
         values = {k: v for k, v in recorded.items() if k in _FIELDS}
-        if "mix" in values:
-            values["mix"] = tuple(values["mix"])
+        for name in ("mix", "similarity"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def training(self) -> TrainSettings:
@@ -136,6 +145,11 @@ class RunConfig:
                            tie_rule=self.tie_rule, loss=self.loss, temperature=self.temperature,
                            hnnce_alpha=self.hnnce_alpha, hnnce_beta=self.hnnce_beta, suite=self.suite,
                            split=self.split, backbone=self.backbone, reference=self.reference)
+
+    def similarity_settings(self, suite) -> SimilaritySettings:
+        """The study's settings, the bank's split resolved for `suite` (harness/similarity/bank.py)."""
+        return SimilaritySettings(methods=self.similarity, bank=resolve_bank(self.similarity_bank, suite, self.split),
+                                  bank_max_queries=self.similarity_bank_max_queries, seed=self.seed)
 
     def scoring_rules(self) -> ScoringRules:
         return ScoringRules(convention=self.convention, tie_rule=self.tie_rule, reference=self.reference,
@@ -183,7 +197,8 @@ NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_emb
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
                 "video_query_frame": "middle", "video_pooling": "query", "iterate": "rows", "reference": "remove",
-                "token_pooling": "auto", "query_template": "caption"}
+                "token_pooling": "auto", "query_template": "caption", "similarity": (), "similarity_bank": "auto",
+                "similarity_bank_max_queries": 2000}
 # Fields only some suites take (a suite's `options`), and which.
 SUITE_OPTIONS = {"video_query_frame": "video suites (webvid-covr)", "video_pooling": "video suites (webvid-covr)",
                  "query_template": "circo"}

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import torch
 
-import kernels
 from backbones import BACKBONES
 from backbones.base import LoadOptions
 from harness.core import provenance
 from harness.core.atomic import write_json
 from harness.evaluation.embed import embed_split
+from harness.evaluation.protocols import ScoringRules
+from harness.mixing.adapters import MIXERS
+from harness.mixing.adapters.base import mixed_counts
 from harness.mixing.grid import best_index, simplex_grid
 from harness.mixing.parts import make_part
 from harness.mixing.sweep import sweep_metrics
@@ -60,15 +62,16 @@ def measure(annotations: Path, split: str, checkpoint: str | None, step: float, 
     start = time.perf_counter()
     emb = embed_split(backbone, data, torch.device("cpu"), "fp32", 256)
     embed_seconds = time.perf_counter() - start
-    part = make_part("evaluation", data, emb)
+    mixer = MIXERS.get("cirr")
+    part = make_part("evaluation", data, emb, mixer.merge)
     grid = simplex_grid(step)
-    labels = part.labels
+    labels = mixer.labels(part)
 
-    def gallery_ranks():
-        return kernels.mixed_rank_counts(part.parts, part.gallery, grid, labels.positives, labels.reference)
+    def gallery_ranks():  # kernels.mixed_rank_counts, on the gallery as the protocol scores it
+        return mixed_counts(part.parts, part.gallery, grid, labels.positives, labels.reference)
 
     def every_metric():
-        return sweep_metrics(part, grid, "covr", "pessimistic")
+        return sweep_metrics(part, grid, mixer, ScoringRules(convention="covr", tie_rule="pessimistic"))
 
     sizes = {"triples": grid.shape[0], "queries": len(data.queries), "gallery_images": len(data.gallery)}
     rows = []

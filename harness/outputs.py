@@ -50,6 +50,9 @@ def protocol_fields(protocol, data: SplitData, rules: ScoringRules, scored: dict
     fields = protocol.describe(data, rules)
     if scored.get("token_pooling"):
         fields["token_pooling"] = scored["token_pooling"]
+    study = scored.get("similarity_study")
+    if study:
+        fields["similarity_study"] = f"{', '.join(study['methods'])}; bank {study['bank'].get('split') or 'none'}"
     return fields
 
 
@@ -60,6 +63,7 @@ def result_fields(scored: dict) -> dict:
         **({"intervals": scored["intervals"]} if scored.get("intervals") else {}),
         **({"per_query_file": scored["per_query_file"]} if scored.get("per_query_file") else {}),
         **({"mixing": scored["mixing"]} if scored.get("mixing") else {}),
+        **({"similarity_study": scored["similarity_study"]} if scored.get("similarity_study") else {}),
         "server_files": scored["server_files"],
         **({"kernels": scored["kernels"]} if scored.get("kernels") else {}),
     }

@@ -18,6 +18,7 @@ from harness.core.errors import HarnessError
 from harness.core.progress import say
 from harness.pipeline import result_stem, run
 from harness.reports.seeds import seed_summary, seeds_markdown
+from harness.reports.similarity import seeds_similarity
 
 
 def argv_for_seed(argv: list[str], seed: int) -> list[str]:
@@ -81,6 +82,8 @@ def summarize(config: RunConfig, seeds: list[int], runs: list[dict], argv: list[
             "total_seconds": r["timings"]["total_seconds"],
         } for r in runs],
         "summary": seed_summary([r["metrics"] for r in runs]) if first.get("metrics") else None,
+        **({"similarity_study": seeds_similarity([r["similarity_study"] for r in runs])}
+           if first.get("similarity_study") else {}),
         "git": first["git"],
         "packages": first["packages"],
         "hardware": first["hardware"],

@@ -32,6 +32,8 @@ from harness.evaluation.protocols import PROTOCOLS, resolved
 from harness.mixing import modes
 from harness.mixing.step import mix_step
 from harness.outputs import protocol_fields, result_fields, score, write_outputs
+from harness.similarity import settings as similarity_settings
+from harness.similarity.step import similarity_step
 from harness.suites import SUITES, SplitData
 from harness.suites.captions import CLEANINGS, cleaned
 from harness.suites.cirr_layout import GALLERIES, check_images, folder_gallery
@@ -154,6 +156,13 @@ def fine_tune_and_embed(config: RunConfig, model: Model, data: SplitData, train_
     return embeddings, training, record
 
 
+def run_loss(config: RunConfig):
+    """The run's contrastive loss as a function of (query, target) embeddings."""
+    from harness.training.losses import contrastive_loss
+
+    return contrastive_loss(config.loss, config.temperature, config.hnnce_alpha, config.hnnce_beta)
+
+
 def result_stem(config: RunConfig, seedless: bool = False) -> str:
     """The results file's name without suffix (`seedless`: the name over all seeds)."""
     identity = config.seedless_hash()[:8] if seedless else config.config_id()
@@ -178,8 +187,12 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     seed_everything(config.seed)
     model = Model(backbone_entry.load(config.load_options(), device), device, precision, config.eval_batch_size,
                   cache_dir() / "embeddings" if config.cache else None)
-    if config.mix:  # refuse what mixing does not cover, before any work
-        modes.check(config.mixing(), suite, data, model.backbone)
+    # mixing scores as the protocol scores: the run's resolved token pooling
+    mixing = dataclasses.replace(config.mixing(), token_pooling=rules.token_pooling) if config.mix else None
+    if mixing:  # refuse what mixing does not cover, before any work
+        modes.check(mixing, suite, data, model.backbone)
+    if config.similarity:
+        similarity_settings.check(config.similarity_settings(suite), suite, config.split)
     out_dir = Path(config.out)
     stem = result_stem(config)
     embeddings, training, gallery_model = fine_tune_and_embed(config, model, data, train_data, backbone_entry,
@@ -193,8 +206,11 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
         pair_ids = [q.pair_id for q in data.queries]
         say(f"embeddings: {save_embeddings(out_dir / f'{stem}.embeddings.safetensors', embeddings, pair_ids)}")
     scored["gallery_model"] = gallery_model
-    if config.mix:
-        scored["mixing"] = mix_step(config.mixing(), suite, data, embeddings, model.embed, out_dir, stem)
+    if mixing:
+        scored["mixing"] = mix_step(mixing, suite, data, embeddings, model.embed, out_dir, stem)
+    if config.similarity:
+        scored["similarity_study"] = similarity_step(config.similarity_settings(suite), suite, protocol, rules, data,
+                                                     embeddings, model.embed, run_loss(config), scored.get("mixing"))
     result = record(config, argv, data, protocol_fields(protocol, data, rules, scored), model, scored, training,
                     embeddings.timings, started)
     write_outputs(result, scored.get("records", []), data, out_dir, stem)

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # None means "not given": RunConfig.from_cli fills it from the recipe or defaults.
-    for add_group in (_what_to_run, _fine_tuning, _evaluation, _mixing):
+    for add_group in (_what_to_run, _fine_tuning, _evaluation, _mixing, _similarity):
         add_group(parser.add_argument)
     return parser
 
@@ -163,14 +163,29 @@ def _evaluation(add) -> None:
 
 def _mixing(add) -> None:
     add("--mix", nargs="+", metavar="MODE",
-        help="mixed embeddings m = w0*q + w1*t + w2*f (harness/mixing/core.py), any of: sweep (simplex grid), "
+        help="mixed embeddings m = w0*q + w1*t + w2*f (harness/mixing/__init__.py), any of: sweep (simplex grid), "
              "learn (softmax weights fitted on the tuning split), w0,w1,w2 (fixed), median, max "
-             "(element-wise); CIRR-protocol suites, single-vector backbones")
+             "(element-wise); every suite, scored by its own protocol; BLIP-2 under --token-pooling mean only")
     add("--mix-step", type=float, help="grid step of --mix sweep (default 0.05: 231 triples)")
     add("--tune-split",
         help="where --mix chooses weights: heldout-half (default: a seeded half of the evaluated "
              "split; the other half is reported) or a split such as train (whole split reported)")
     add("--tune-max-queries", type=int, help="cap on the tuning split's queries (default 5000, seeded)")
+
+
+def _similarity(add) -> None:
+    from harness.similarity import SIMILARITIES
+
+    names = SIMILARITIES.names()
+    add("--similarity", nargs="+", metavar="METHOD",
+        help="also compare the composed query with the gallery by other methods than cosine, each tuned on "
+             "a seeded half of the split and reported on the other, paired with cosine "
+             f"(harness/similarity): all (every method but the transductive ones), or any of {', '.join(names)}")
+    add("--similarity-bank", metavar="SPLIT",
+        help="the query bank of the hubness corrections (inverted-softmax, csls, dual-softmax ...): a split of "
+             "the suite other than the evaluated one, auto (default: train, else another split) or none")
+    add("--similarity-bank-max-queries", type=int, metavar="N",
+        help="cap on the bank's queries (default 2000, a seeded subsample)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
 from harness.evaluation.protocols import PROTOCOLS, ScoringRules, resolved
 from harness.evaluation.validate import check_embeddings
 from harness.outputs import protocol_fields, result_fields, score, write_outputs
+from harness.similarity.external import ExternalStudy, add_study_arguments, study_from_arguments
 from harness.suites import SUITES
 from harness.suites.captions import CLEANINGS, cleaned
 from harness.suites.circo import QUERY_TEMPLATES
@@ -143,7 +144,7 @@ def score_embeddings(suite: str, split: str, gallery_ids: list, gallery, pair_id
                      image=None, text=None, data_root: str | None = None, out: str = "results",
                      name: str = "external", rules: ScoringRules | None = None,
                      caption_cleaning: str = "covr", command: str | None = None, normalize: bool = False,
-                     query_template: str = "caption") -> dict:
+                     query_template: str = "caption", study: ExternalStudy | None = None) -> dict:
     """Score arrays in memory (numpy or torch) with the suite's protocol; the results
     dict (also written under `out`)."""
     arrays = {"gallery_ids": list(gallery_ids), "pair_ids": list(pair_ids)}
@@ -151,12 +152,12 @@ def score_embeddings(suite: str, split: str, gallery_ids: list, gallery, pair_id
         if value is not None:
             arrays[key] = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
     return _score(suite, split, arrays, data_root, Path(out), name, rules or ScoringRules(), caption_cleaning, command,
-                  source=None, normalize=normalize, query_template=query_template)
+                  source=None, normalize=normalize, query_template=query_template, study=study)
 
 
 def _score(suite_name: str, split: str, arrays: dict, data_root, out_dir: Path, name: str, rules: ScoringRules,
            caption_cleaning: str, command: str | None, source: Path | None, normalize: bool = False,
-           query_template: str = "caption") -> dict:
+           query_template: str = "caption", study: ExternalStudy | None = None) -> dict:
     started = time.perf_counter()
     if rules.convention not in CONVENTIONS or rules.tie_rule not in TIE_RULES:
         raise HarnessError(f"convention must be one of {CONVENTIONS}, tie rule one of {TIE_RULES}")
@@ -170,10 +171,14 @@ def _score(suite_name: str, split: str, arrays: dict, data_root, out_dir: Path, 
     rules = resolved(rules, protocol)
     data = cleaned(suite.load(split), caption_cleaning)
     emb = split_embeddings(data, arrays, normalize)
+    if study is not None:
+        study.check()
     digest = hashlib.sha256(source.read_bytes()).hexdigest() if source else None
     stem = f"{suite_name}_{split}_{name}"
     with all_or_nothing():  # a failure past this point leaves --out as it was
         scored = score(protocol, data, emb, rules, out_dir, stem, "harness.score --normalize" if normalize else None)
+        if study is not None:
+            scored["similarity_study"] = study.run(protocol, rules, data, emb, read_embeddings)
         result = _result(data, protocol_fields(protocol, data, rules, scored), scored, emb, name, command, source,
                          digest, started)
         write_outputs(result, scored.get("records", []), data, out_dir, stem)
@@ -233,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="circo, only recorded (queries were encoded elsewhere): caption or shared-concept")
     parser.add_argument("--normalize", action="store_true",
                         help="L2-normalise every vector (every token) before scoring, and say so in the results")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
     try:
         arrays = read_embeddings(args.embeddings)
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                args.name or args.embeddings.stem.removesuffix(".embeddings"),
                ScoringRules(args.convention, args.tie_rule, args.reference, args.token_pooling),
                args.caption_cleaning, "python -m harness.score " + shlex.join(argv), args.embeddings, args.normalize,
-               args.query_template)
+               args.query_template, study_from_arguments(args))
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,16 @@ Triton's interpreter when TRITON_INTERPRET=1 (tests), and is an error otherwise.
 Triton is imported lazily, on first use. The harness scores and ranks only
 through these functions.
 
+Score offsets: `target_rank_counts` and `topk_excluding` take `offset` (G,) float32,
+finite, on the gallery's device: item g then scores fl32(s(q, g) + offset[g]) in
+every implementation (`kernels/offsets.py`), s the score it computes without one, and
+everything below reads those sums (counts, the positive's returned score, top-K's
+scores and order). Two-stage adds it to the low-precision and the exact scores and
+widens its band by the additions' rounding. `mixed_rank_counts` takes none.
+`bank_statistics` gives the query-bank statistics hubness offsets are made of
+(log-sum-exp and top-k mean per gallery item, `kernels/bank.py`: torch only, any
+device, one chunked pass over the bank).
+
 Ties and copies, the same in every implementation:
 - "equal" counts the gallery items whose score is exactly the positive's (the
   positive itself and the excluded item never count); the metrics' tie rule
@@ -32,6 +42,12 @@ Ties and copies, the same in every implementation:
   the machine: a matmul may give one row two different last bits at two positions
   (BLAS blocking, SIMD lanes, tensor-core tiles), so a copy could score one ulp
   above the positive on one CPU and tie on another.
+- With an offset, identical rows still share their group's one score s, and each
+  member then adds its own offset. Copies are one item only when their offsets are
+  equal too (as values: -0.0 reads as +0.0): those keep identical bits, so the rules
+  above hold for them. Copies with different offsets are different items, ordered
+  by their offsets on every machine (fp32 addition is monotone: equal s, a larger
+  offset never sums lower), never by the last bits of a matmul.
 - Items that merely score close to a positive are compared by the fp32 bits the
   implementation computes: where two scores differ by about one rounding error,
   another implementation or machine may order them the other way (the tests keep
@@ -45,11 +61,13 @@ import os
 
 import torch
 
-from kernels import reference, self_check, two_stage
+from kernels import bank as _bank
+from kernels import offsets, reference, self_check, two_stage
 
 IMPLEMENTATIONS = ("reference", "two-stage", "triton")
 TRITON_MAX_K = 64  # = triton_ops.MAX_K, kept here so dispatch needs no triton import
 TRITON_MAX_TOKENS = 64  # = triton_ops.MAX_TOKENS
+TWO_STAGE_MAX_DIM = 2048  # auto picks two-stage up to this dimension (CLIP bigG's 1280 fits)
 
 
 def _tokens_covered(x: torch.Tensor) -> bool:
@@ -85,10 +103,12 @@ def used() -> dict[str, str]:
 
 
 def _pick(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int | None = None,
-          op: str = "", two_stage: bool = False) -> str:
+          op: str = "", two_stage: bool = False, offset: torch.Tensor | None = None) -> str:
     choice = _choose(impl, query, gallery, k, two_stage)
-    # the compiled kernels on a GPU, not asked for by name: checked once (the interpreter is tested)
-    if choice == "triton" and not impl and query.is_cuda and not self_check.passes(op, query.device):
+    # the compiled kernels on a GPU, not asked for by name: checked once (the interpreter is tested);
+    # the kernels with offsets are other kernels, checked on their own
+    checked = op if offset is None else op + self_check.WITH_OFFSET
+    if choice == "triton" and not impl and query.is_cuda and not self_check.passes(checked, query.device):
         choice = "reference"  # warned once by self_check
     _USED[op] = choice
     return choice
@@ -108,6 +128,9 @@ def _choose(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int
     if choice == "auto":
         if covered and on_cuda and _triton_importable():
             return "triton"
+        # the bf16 error bound grows with D: past TWO_STAGE_MAX_DIM it covers most of the gallery
+        # (the identity gallery of a dense similarity method, harness/similarity/dense.py)
+        two_stage = two_stage and gallery.shape[-1] <= TWO_STAGE_MAX_DIM
         return "two-stage" if two_stage and not on_cuda and cpu_multiplies_bf16() else "reference"
     if choice == "triton":
         if not covered:
@@ -134,17 +157,22 @@ def target_rank_counts(
     positives: torch.Tensor,
     exclude: torch.Tensor,
     impl: str | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each query and each of its positives (gallery indices, -1 pad): how many
     gallery items score strictly higher, how many score the same, and the
-    positive's score; `exclude` (one index per query, -1 for none) takes no part."""
+    positive's score; `exclude` (one index per query, -1 for none) takes no part.
+    `offset` (G,): each item's score is fl32(score + offset[item])."""
     _check_pair(query, gallery)
-    choice = _pick(impl, query, gallery, op="target_rank_counts", two_stage=True)
+    offsets.check(offset, gallery)
+    choice = _pick(impl, query, gallery, op="target_rank_counts", two_stage=True, offset=offset)
+    extra = _offset_argument(offset)
     if choice == "triton":
-        return _triton().target_rank_counts(query, gallery, positives, exclude)
+        return _triton().target_rank_counts(query, gallery, positives, exclude, **extra)
     if choice == "two-stage":
-        return two_stage.target_rank_counts(query, gallery, positives, exclude, two_stage.format_for(query))
-    return reference.target_rank_counts(query, gallery, positives, exclude)
+        return two_stage.target_rank_counts(query, gallery, positives, exclude, two_stage.format_for(query),
+                                            **extra)
+    return reference.target_rank_counts(query, gallery, positives, exclude, **extra)
 
 
 def mixed_rank_counts(
@@ -177,13 +205,33 @@ def topk_excluding(
     k: int,
     exclude: torch.Tensor,
     impl: str | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k (scores, gallery indices) per query, best first, `exclude` removed;
-    ties broken by gallery order."""
+    ties broken by gallery order. `offset` (G,): each item's score is
+    fl32(score + offset[item])."""
     _check_pair(query, gallery)
-    if _pick(impl, query, gallery, k, op="topk_excluding") == "triton":
-        return _triton().topk_excluding(query, gallery, k, exclude)
-    return reference.topk_excluding(query, gallery, k, exclude)
+    offsets.check(offset, gallery)
+    extra = _offset_argument(offset)
+    if _pick(impl, query, gallery, k, op="topk_excluding", offset=offset) == "triton":
+        return _triton().topk_excluding(query, gallery, k, exclude, **extra)
+    return reference.topk_excluding(query, gallery, k, exclude, **extra)
+
+
+def bank_statistics(bank: torch.Tensor, gallery: torch.Tensor, beta: float, k: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per gallery item g, over a query bank (B, D) and gallery (G, D), both
+    L2-normalised by the caller (scores are plain dot products s(b, g)):
+    (lse, topk_mean), each (G,) float64, lse[g] = logsumexp_b(beta * s(b, g)) and
+    topk_mean[g] the mean of the k largest s(b, g), k <= B. One chunked pass over
+    the bank (`kernels/bank.py`). Hubness offsets: -lse / beta (querybank
+    normalisation, inverted softmax), -topk_mean / 2 (CSLS)."""
+    return _bank.bank_statistics(bank, gallery, beta, k)
+
+
+def _offset_argument(offset: torch.Tensor | None) -> dict:
+    """The implementations' keyword for an offset; without one they are called as before."""
+    return {} if offset is None else {"offset": offset}
 
 
 def _check_pair(query: torch.Tensor, gallery: torch.Tensor) -> None:

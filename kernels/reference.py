@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import counting, duplicates, gemm
+from kernels import counting, duplicates, gemm, offsets
+from kernels.dense_counts import rank_counts_dense  # noqa: F401 -- kernels.reference.rank_counts_dense
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
@@ -77,44 +78,16 @@ def exact_similarity(query: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rank_counts_dense(
-    scores: torch.Tensor, valid: torch.Tensor, positives: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank statistics of chosen candidates inside each row of a score matrix.
-
-    scores (Q, C), valid (Q, C) bool (candidates that take part in the ranking),
-    positives (Q, P) long candidate indices, -1 for padding; each must be a valid
-    candidate (the caller removes excluded items from the positives).
-    Returns (greater, equal, positive_scores), each (Q, P): the valid candidates scoring
-    strictly above the positive, those other than the positive scoring exactly the
-    same, and the positive's own score (nan for padding).
-    """
-    pad = positives < 0
-    if scores.shape[1] == 0:  # no candidates (a suite without image sets): every positive is padding
-        return torch.zeros_like(positives), torch.zeros_like(positives), torch.full(positives.shape, float("nan"))
-    index = positives.clamp(min=0)
-    pos_scores = scores.gather(1, index)
-    masked = scores.masked_fill(~valid, float("nan"))  # nan compares False both ways
-    greater = torch.empty_like(positives)
-    equal = torch.empty_like(positives)
-    for p in range(positives.shape[1]):  # P is small (a few soft targets)
-        column = pos_scores[:, p : p + 1]
-        greater[:, p] = (masked > column).sum(1)
-        is_valid_self = valid.gather(1, index[:, p : p + 1]).squeeze(1)
-        equal[:, p] = (masked == column).sum(1) - is_valid_self.long()
-    greater = greater.masked_fill(pad, 0)
-    equal = equal.masked_fill(pad, 0)
-    return greater, equal, pos_scores.masked_fill(pad, float("nan"))
-
-
 def target_rank_counts(
     query: torch.Tensor,
     gallery: torch.Tensor,
     positives: torch.Tensor,
     exclude: torch.Tensor,
     chunk: int | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`rank_counts_dense` over query x gallery cosine-style scores (inner products).
+    """`rank_counts_dense` over query x gallery cosine-style scores (inner products),
+    each item's `offset` (G,) added if given (`kernels/offsets.py`).
 
     query (Q, D) or (Q, S, D), gallery (G, D) or (G, T, D), positives (Q, P)
     gallery indices (-1 pad), exclude (Q,) gallery index removed from each query's
@@ -125,12 +98,13 @@ def target_rank_counts(
     Each positive's score comes first, from a product of its own row; the tile
     that holds the positive then takes out what the positive's own column counted,
     whatever bits the tile gave it, and the same for the excluded item. Copies of a
-    gallery row (`kernels.duplicates`) all take their group's one score, so a copy
-    of a positive ties with it on any machine. Max-sim features take
+    gallery row (`kernels.duplicates`) all take their group's one score (then each
+    its own offset), so a copy of a positive (with its offset) ties with it on any
+    machine. Max-sim features take
     `_target_rank_counts_rows`.
     """
     if query.ndim == 3 or gallery.ndim == 3:
-        return _target_rank_counts_rows(query, gallery, positives, exclude, chunk)
+        return _target_rank_counts_rows(query, gallery, positives, exclude, chunk, offset)
     device = query.device
     greater = torch.zeros(positives.shape, dtype=torch.int64, device=device)
     equal = torch.zeros(positives.shape, dtype=torch.int64, device=device)
@@ -141,7 +115,8 @@ def target_rank_counts(
     for start in range(0, query.shape[0], step):
         stop = min(start + step, query.shape[0])
         pos = positives[start:stop].to(device)
-        above, at_least, own = _tiled_counts(q_all[start:stop], g_all, pos, exclude[start:stop].to(device), copies)
+        above, at_least, own = _tiled_counts(q_all[start:stop], g_all, pos, exclude[start:stop].to(device), copies,
+                                             offset)
         pad = pos < 0
         greater[start:stop] = above.masked_fill(pad, 0)
         equal[start:stop] = (at_least - above).masked_fill(pad, 0)
@@ -149,20 +124,22 @@ def target_rank_counts(
     return greater, equal, pos_scores
 
 
-def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies,
+                  offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One query chunk against the gallery, tile by tile: (items above each positive,
     items at least as high, the positives' scores), the positive and the excluded
     item not counted."""
     rows = torch.arange(q.shape[0], device=q.device)
     group_scores = copies.scores(q)
-    own = torch.stack([copies.own(q, g_all, pos[:, p], group_scores) for p in range(pos.shape[1])], 1)
+    own = torch.stack([offsets.at(copies.own(q, g_all, pos[:, p], group_scores), offset, pos[:, p])
+                       for p in range(pos.shape[1])], 1)
     lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
     above = torch.zeros(pos.shape, dtype=torch.int64, device=q.device)
     at_least = torch.zeros_like(above)
     buffer = gemm.TileBuffer()
     for block in range(0, g_all.shape[0], GALLERY_TILE):
         tile = copies.apply(gemm.scores(q, g_all[block : block + GALLERY_TILE], buffer), block, group_scores)
+        tile = offsets.add(tile, offset, block)
         for p, live in enumerate(lives):
             if len(live) == len(rows):
                 g_, ge = counting.count_above(tile, own[:, p])
@@ -228,6 +205,7 @@ def _target_rank_counts_rows(
     positives: torch.Tensor,
     exclude: torch.Tensor,
     chunk: int | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`target_rank_counts` from whole score rows: each query chunk's rows against the
     full gallery (copies taking their group's score), the positives' scores read
@@ -241,6 +219,7 @@ def _target_rank_counts_rows(
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
         scores = copies.apply(similarity(query[start:stop], gallery), 0, copies.scores(query[start:stop]))
+        scores = offsets.add(scores, offset)
         rows = torch.arange(stop - start, device=scores.device)
         skip = exclude[start:stop].to(scores.device)
         skip_scores = scores[rows, skip.clamp(min=0)]
@@ -266,8 +245,10 @@ def topk_excluding(
     exclude: torch.Tensor,
     chunk: int | None = None,
     copies: Copies | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k gallery items per query, the excluded item removed.
+    """Top-k gallery items per query, the excluded item removed; scores plus each item's
+    `offset` (G,) if given.
 
     Returns (scores (Q, k), indices (Q, k)), best first. Ties are broken by gallery
     order (lower index first), so the result is deterministic; copies of a row
@@ -282,6 +263,7 @@ def topk_excluding(
     for start in range(0, num_queries, step):
         stop = min(start + step, num_queries)
         scores = copies.apply(similarity(query[start:stop], gallery), 0, copies.scores(query[start:stop]))
+        scores = offsets.add(scores, offset)
         valid = _valid_mask(scores.shape, exclude[start:stop], scores.device)
         scores = scores.masked_fill(~valid, float("-inf"))
         v, i = torch.sort(scores, dim=1, descending=True, stable=True)

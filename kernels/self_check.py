@@ -4,6 +4,8 @@ once per process on a small problem of its kind and compared with the reference
 the operation and the card, and the reference scores instead. The kernels are
 tested under TRITON_INTERPRET=1 on CPU, but the compiled path only meets real
 hardware on a user's machine; this keeps a miscompilation from becoming a number.
+The kernels with score offsets are other kernels: `op + WITH_OFFSET` checks them, on
+the same problem with an offset per item.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import warnings
 import torch
 
 _RESULTS: dict[tuple[str, str], bool] = {}
+WITH_OFFSET = "+offset"
 
 
 def _problem(device: torch.device, tokens: int = 0):
@@ -32,13 +35,19 @@ def _agrees(op: str, device: torch.device) -> bool:
     from kernels import triton_ops as tk
 
     query, gallery, positives, exclude = _problem(device)
+    offset = None
+    if op.endswith(WITH_OFFSET):
+        # steps of 1/8 (exact); in float64 no item comes within 1e-5 of a positive or a top-10 edge
+        op = op.removesuffix(WITH_OFFSET)
+        offset = (torch.arange(gallery.shape[0], device=device) % 5 - 2).float() / 8
     if op == "target_rank_counts":
-        ours = tk.target_rank_counts(query, gallery, positives, exclude)
-        theirs = reference.target_rank_counts(query, gallery, positives, exclude)
+        ours = tk.target_rank_counts(query, gallery, positives, exclude, offset=offset)
+        theirs = reference.target_rank_counts(query, gallery, positives, exclude, offset=offset)
         return all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(ours[:2], theirs[:2]))
     if op == "topk_excluding":
-        ours = tk.topk_excluding(query, gallery, 10, exclude)[1]
-        return torch.equal(ours.cpu(), reference.topk_excluding(query, gallery, 10, exclude)[1].cpu())
+        ours = tk.topk_excluding(query, gallery, 10, exclude, offset=offset)[1]
+        theirs = reference.topk_excluding(query, gallery, 10, exclude, offset=offset)[1]
+        return torch.equal(ours.cpu(), theirs.cpu())
     if op == "mixed_rank_counts":
         parts = (query, query.flip(0), query.roll(1, 0))
         weights = torch.tensor([[0.2, 0.3, 0.5], [0.0, 0.0, 1.0]], device=device)

@@ -29,13 +29,18 @@ last bits: counts differ only where an item's fp32 score and the positive's are
 within about 2 gamma |q||g| of each other, where fp32 itself gives a machine-dependent
 order (kernels/__init__.py, "Ties and copies"). Copies of a gallery row take their
 group's one fp32 score here as in the reference, so a copy of a positive always ties.
+
+A score offset per item (`kernels/offsets.py`) is added in fp32 to the low-precision
+scores and to the exact ones alike, and the band's half-width grows by what those
+additions (and the band's ends) can round, 8 u32 (|q| G + E + max|offset|): the
+bound then holds between the offset scores (`offsets.widened_margin` derives it).
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels import counting, duplicates, gemm, reference
+from kernels import counting, duplicates, gemm, offsets, reference
 
 # float32: the fp32 GEMM itself, whose scores differ from a rescoring's by at most 2 gamma
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 0.0}
@@ -65,13 +70,16 @@ def kappa(dim: int, dtype: torch.dtype) -> float:
     return (2 * u + u * u) + gamma * grow + u * (1 + gamma) * grow + gamma
 
 
-def margins(query: torch.Tensor, gallery: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def margins(query: torch.Tensor, gallery: torch.Tensor, dtype: torch.dtype,
+            offset: torch.Tensor | None = None) -> torch.Tensor:
     """E per query row (R,): kappa |q| max|g|, token norms for multi-vector rows. Slightly
-    inflated (x (1 + 2^-10)) so the bound's own fp32 arithmetic cannot undercut it."""
+    inflated (x (1 + 2^-10)) so the bound's own fp32 arithmetic cannot undercut it; with
+    an `offset`, widened by the rounding of its additions (`offsets.widened_margin`)."""
     q_norm = query.float().norm(dim=-1)
     q_norm = q_norm.amax(-1) if q_norm.ndim == 2 else q_norm
     g_max = gallery.float().norm(dim=-1).max() if gallery.numel() else torch.tensor(0.0)
-    return q_norm * g_max * (kappa(query.shape[-1], dtype) * (1 + 2.0**-10))
+    bound = q_norm * g_max * (kappa(query.shape[-1], dtype) * (1 + 2.0**-10))
+    return offsets.widened_margin(bound, q_norm * g_max, offset)
 
 
 def format_for(tensor: torch.Tensor) -> torch.dtype:
@@ -114,43 +122,47 @@ def _scores(query_lp: torch.Tensor, gallery_lp: torch.Tensor, buffer) -> torch.T
 
 def target_rank_counts(query: torch.Tensor, gallery: torch.Tensor, positives: torch.Tensor,
                        exclude: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
-                       query_tile: int | None = None, gallery_tile: int | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`kernels.reference.target_rank_counts`, the same counts, scored in `dtype`."""
+                       query_tile: int | None = None, gallery_tile: int | None = None,
+                       offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`kernels.reference.target_rank_counts`, the same counts, scored in `dtype`; each
+    item's `offset` (G,) added if given."""
     copies = reference.Copies(duplicates.find(gallery), gallery.float())
-    return counts_against(query, gallery, positives, exclude, copies, None, dtype, query_tile, gallery_tile)
+    return counts_against(query, gallery, positives, exclude, copies, None, dtype, query_tile, gallery_tile,
+                          offset)
 
 
 def counts_against(query: torch.Tensor, gallery: torch.Tensor, positives: torch.Tensor, exclude: torch.Tensor,
                    copies, own: torch.Tensor | None = None, dtype: torch.dtype = torch.bfloat16,
-                   query_tile: int | None = None, gallery_tile: int | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   query_tile: int | None = None, gallery_tile: int | None = None,
+                   offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The counts of `target_rank_counts` with the copies given and, if `own` (Q, P)
     is given, against those positive scores (nan: padding): a gallery shard counted
     against positives that may live in another shard (harness/evaluation/sharded.py);
     `positives` and `exclude` then name the items of this shard that take no part
-    (-1: none here). float32 as `dtype` scores in fp32, rescoring only near-ties."""
+    (-1: none here). float32 as `dtype` scores in fp32, rescoring only near-ties.
+    `offset` (G,): this gallery's items' offsets (a given `own` already holds the
+    positives')."""
     device = query.device
     greater = torch.zeros(positives.shape, dtype=torch.int64, device=device)
     equal = torch.zeros_like(greater)
     pos_scores = torch.full(positives.shape, float("nan"), device=device)
     q32, g32 = query.float(), gallery.float()
     q_lp, g_lp = q32.to(dtype), g32.to(dtype)
-    margin = margins(q32, g32, dtype)
+    margin = margins(q32, g32, dtype, offset)
     multi = query.ndim == 3 or gallery.ndim == 3
     rows_per_tile = query_tile or (max(1, reference.MAXSIM_BLOCK_ELEMENTS // max(1, _pairs(query, gallery) * 64))
                                    if multi else QUERY_TILE)
     columns = gallery_tile or (64 if multi else GALLERY_TILE)
     buffer = gemm.TileBuffer()
     if dtype != torch.float32 and _dense_band(q32, q_lp, g32, g_lp, positives, exclude, margin, copies, own,
-                                              min(256, rows_per_tile), columns):
-        dtype, q_lp, g_lp, margin = torch.float32, q32, g32, margins(q32, g32, torch.float32)
+                                              min(256, rows_per_tile), columns, offset):
+        dtype, q_lp, g_lp, margin = torch.float32, q32, g32, margins(q32, g32, torch.float32, offset)
     scored = rescored = 0
     for start in range(0, query.shape[0], rows_per_tile):
         stop = min(start + rows_per_tile, query.shape[0])
         chunk = _Chunk(q32[start:stop], q_lp[start:stop], g32, positives[start:stop].to(device),
                        exclude[start:stop].to(device), margin[start:stop], copies,
-                       None if own is None else own[start:stop].to(device))
+                       None if own is None else own[start:stop].to(device), offset)
         before = rescored
         for block in range(0, gallery.shape[0], columns):
             tile = low_precision_scores(chunk.q_lp, g_lp[block : block + columns], buffer)
@@ -159,7 +171,7 @@ def counts_against(query: torch.Tensor, gallery: torch.Tensor, positives: torch.
             if dtype != torch.float32 and rescored > DENSE_BAND * scored:
                 # counts so far are exact whatever the format: go on in fp32 with its own (2 gamma) band
                 dtype, q_lp, g_lp = torch.float32, q32, g32
-                margin = margins(q32, g32, dtype)
+                margin = margins(q32, g32, dtype, offset)
                 chunk.narrow(q32[start:stop], margin[start:stop])
         pad = torch.isnan(chunk.own)
         greater[start:stop] = chunk.above.masked_fill(pad, 0)
@@ -169,12 +181,12 @@ def counts_against(query: torch.Tensor, gallery: torch.Tensor, positives: torch.
 
 
 def _dense_band(q32, q_lp, g32, g_lp, positives, exclude, margin, copies, own, rows: int,
-                columns: int) -> bool:
+                columns: int, offset=None) -> bool:
     """Whether more than DENSE_BAND of a probe's (query, item) pairs fall inside a band:
     the first `rows` queries against the first `columns` items, no rescoring."""
     probe = _Chunk(q32[:rows], q_lp[:rows], g32, positives[:rows].to(q32.device), exclude[:rows].to(q32.device),
-                   margin[:rows], copies, None if own is None else own[:rows].to(q32.device))
-    tile = low_precision_scores(probe.q_lp, g_lp[:columns]).float()
+                   margin[:rows], copies, None if own is None else own[:rows].to(q32.device), offset)
+    tile = offsets.add(low_precision_scores(probe.q_lp, g_lp[:columns]).float(), offset)
     inside = sum(((tile[live] >= probe.low[live, p, None]) & (tile[live] <= probe.high[live, p, None])).sum().item()
                  for p, live in enumerate(probe.lives))
     return inside > DENSE_BAND * tile.numel()
@@ -189,11 +201,13 @@ def _pairs(query: torch.Tensor, gallery: torch.Tensor) -> int:
 class _Chunk:
     """One query chunk's running counts over the gallery blocks."""
 
-    def __init__(self, q32, q_lp, g32, pos, skip, margin, copies, own=None):
+    def __init__(self, q32, q_lp, g32, pos, skip, margin, copies, own=None, offset=None):
         self.q32, self.q_lp, self.g32, self.pos, self.skip, self.copies = q32, q_lp, g32, pos, skip, copies
+        self.offset = offset
         self.group_scores = copies.scores(q32)
         if own is None:
-            own = torch.stack([copies.own(q32, g32, pos[:, p], self.group_scores) for p in range(pos.shape[1])], 1)
+            own = torch.stack([offsets.at(copies.own(q32, g32, pos[:, p], self.group_scores), offset, pos[:, p])
+                               for p in range(pos.shape[1])], 1)
             own = own.masked_fill(pos < 0, float("nan"))
         self.own = own
         self.low = self.own - margin[:, None]
@@ -210,7 +224,10 @@ class _Chunk:
         self.high = self.own + margin[:, None]
 
     def count_block(self, tile: torch.Tensor, block: int) -> None:
-        """tile (R, C) low-precision scores of gallery columns block ... block + C - 1."""
+        """tile (R, C) low-precision scores of gallery columns block ... block + C - 1
+        (their offsets added here, in fp32)."""
+        if self.offset is not None:
+            tile = offsets.add(tile.float(), self.offset, block)
         for p, live in enumerate(self.lives):
             if len(live) == 0:
                 continue
@@ -246,7 +263,7 @@ class _Chunk:
             group = groups.group[item]
             member = torch.nonzero(group >= 0).squeeze(1)
             score[member] = self.group_scores[row[member], group[member]]
-        return score
+        return offsets.at(score, self.offset, item)
 
     def _take_out(self, tile: torch.Tensor, block: int, live: torch.Tensor, p: int) -> None:
         """The positive and the excluded item were counted in `sure` if their

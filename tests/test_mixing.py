@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from harness.core.errors import HarnessError
+from harness.evaluation.embed import SplitEmbeddings
 from harness.evaluation.metrics import CIRR_METRICS, build_labels, cirr_metrics
+from harness.evaluation.protocols import ScoringRules
 from harness.mixing import learn, modes, parts, sweep
+from harness.mixing.adapters import MIXERS
+from harness.mixing.adapters.base import unmerged
 from harness.mixing.grid import aggregate, mix, simplex_grid
 from harness.suites.base import Query, SplitData
 from harness.training.losses import hn_nce, info_nce
@@ -40,9 +44,7 @@ def random_split(num_queries=48, num_gallery=70, dim=16, seed=0):
     parts[2] = parts[2] + 1.5 * targets  # f: informative
     parts[0] = parts[0] + 0.7 * targets  # q: a little
     data = SplitData("random", "val", queries, ids, {}, True, "")
-    emb = type("Emb", (), {"gallery_ids": ids, "gallery": gallery, "image": parts[0],
-                           "text": parts[1], "composed": parts[2]})()
-    return data, emb
+    return data, SplitEmbeddings(ids, gallery, parts[2], parts[0], parts[1])
 
 
 def test_simplex_grid_has_231_triples_on_the_simplex():
@@ -61,16 +63,17 @@ def test_simplex_grid_has_231_triples_on_the_simplex():
 @pytest.mark.parametrize("tie_rule", ["pessimistic", "optimistic"])
 def test_sweep_entry_equals_direct_evaluation(convention, tie_rule):
     data, emb = random_split()
-    part = parts.make_part("evaluation", data, emb)
+    part = parts.make_part("evaluation", data, emb, unmerged)
     weights = torch.tensor(TRIPLES)
-    swept = sweep.sweep_metrics(part, weights, convention, tie_rule, chunk=3)  # chunks of 3 triples
-    gallery = torch.nn.functional.normalize(emb.gallery, dim=-1)
+    rules = ScoringRules(convention=convention, tie_rule=tie_rule)
+    swept = sweep.sweep_metrics(part, weights, MIXERS.get("cirr"), rules, chunk=3)  # chunks of 3 triples
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
     for i, w in enumerate(TRIPLES):
-        # Explicitly: normalise each part, mix, normalise m, score with the normal path.
+        # Explicitly: normalise each part, mix, normalise m, score with the normal path against
+        # the gallery as the protocol scores it (not unit length here: the sweep must not normalise it).
         q, t, f = (torch.nn.functional.normalize(p, dim=-1) for p in (emb.image, emb.text, emb.composed))
         m = torch.nn.functional.normalize(w[0] * q + w[1] * t + w[2] * f, dim=-1)
-        direct = cirr_metrics(m, gallery, labels, convention, tie_rule)
+        direct = cirr_metrics(m, emb.gallery, labels, convention, tie_rule)
         assert {k: swept[k][i] for k in direct} == direct, w
     # The sweep really varies: f alone beats q alone here.
     assert swept["R@1"][0] > swept["R@1"][1]
@@ -78,18 +81,19 @@ def test_sweep_entry_equals_direct_evaluation(convention, tie_rule):
 
 def test_sweep_over_the_grid_matches_direct_on_sampled_triples():
     data, emb = random_split(num_queries=30, seed=3)
-    part = parts.make_part("evaluation", data, emb)
+    part = parts.make_part("evaluation", data, emb, unmerged)
     grid = simplex_grid(0.05)
-    swept = sweep.sweep_metrics(part, grid, "covr", "pessimistic")
+    mixer, rules = MIXERS.get("cirr"), ScoringRules()
+    swept = sweep.sweep_metrics(part, grid, mixer, rules)
     for i in (0, 17, 100, 230):
-        direct = sweep.direct_metrics(part, mix(part.parts, grid[i].tolist()), "covr", "pessimistic")
+        direct = sweep.direct_metrics(part, mix(part.parts, grid[i].tolist()), mixer, rules)
         assert {k: swept[k][i] for k in direct} == direct
 
 
 @pytest.mark.parametrize("loss", [info_nce, hn_nce])
 def test_learned_weights_stay_on_the_simplex_and_favour_the_informative_part(loss):
     data, emb = random_split(num_queries=64)
-    part = parts.make_part("tuning", data, emb)
+    part = parts.make_part("tuning", data, emb, unmerged)
     learned = learn.learn_weights(part, loss, seed=0, steps=60)
     w = torch.tensor(learned["weights"])
     assert torch.all(w >= 0) and w.sum().item() == pytest.approx(1.0, abs=1e-6)
@@ -204,10 +208,11 @@ def test_sweep_on_real_cirr_val_matches_direct_evaluation(cirr_root):
 
     data = CirrSuite(cirr_root).load("val")
     emb = embed_split(build_random(seed=0), data, torch.device("cpu"), "fp32", 512)
-    part = parts.make_part("evaluation", data, emb)
+    part = parts.make_part("evaluation", data, emb, unmerged)
     grid = simplex_grid(0.05)
-    swept = sweep.sweep_metrics(part, grid, "covr", "pessimistic")
+    mixer, rules = MIXERS.get("cirr"), ScoringRules()
+    swept = sweep.sweep_metrics(part, grid, mixer, rules)
     assert len(part.pair_ids) == 4181 and all(len(v) == 231 for v in swept.values())
     for i in (0, 57, 230):  # t alone, a mixture, f alone
-        direct = sweep.direct_metrics(part, mix(part.parts, grid[i].tolist()), "covr", "pessimistic")
+        direct = sweep.direct_metrics(part, mix(part.parts, grid[i].tolist()), mixer, rules)
         assert {k: swept[k][i] for k in direct} == pytest.approx(direct, abs=1e-9)

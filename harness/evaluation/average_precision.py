@@ -63,9 +63,12 @@ def map_query_values(
     tie_rule: str = "pessimistic",
     map_ks: Sequence[int] = MAP_KS,
     recall_ks: Sequence[int] = RECALL_KS,
+    offset: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Each query's AP@K and target hit within K, (Q,) float64 (see `map_metrics`)."""
-    greater, equal, pos_scores = kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude)
+    """Each query's AP@K and target hit within K, (Q,) float64 (see `map_metrics`);
+    `offset` (G,): added to each item's score."""
+    greater, equal, pos_scores = kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude,
+                                                            offset=offset)
     positions = ground_truth_positions(greater, equal, pos_scores, tie_rule)
     values = {f"mAP@{k}": average_precision_at(positions, counts, k) for k in map_ks}
     target = positions[:, 0] if positions.shape[1] else torch.full((len(positions),), torch.iinfo(torch.long).max)
@@ -82,6 +85,7 @@ def map_metrics(
     tie_rule: str = "pessimistic",
     map_ks: Sequence[int] = MAP_KS,
     recall_ks: Sequence[int] = RECALL_KS,
+    offset: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """mAP@K over every ground truth and R@K on the target, in percent.
 
@@ -90,5 +94,6 @@ def map_metrics(
     counts (Q,): each query's number of ground truths; exclude (Q,): the gallery
     index removed from each ranking (the reference), -1 for none.
     """
-    values = map_query_values(query_emb, gallery_emb, positives, counts, exclude, tie_rule, map_ks, recall_ks)
+    values = map_query_values(query_emb, gallery_emb, positives, counts, exclude, tie_rule, map_ks, recall_ks,
+                              offset)
     return {name: percent(v).item() for name, v in values.items()}

@@ -36,6 +36,9 @@ class SplitEmbeddings:
     text: torch.Tensor | None  # (Q, D) the caption alone t (text-only baseline)
     timings: dict = field(default_factory=dict)
     # (image and text are None only for embeddings made elsewhere without the baselines, harness/score.py)
+    # (G,) float32 added to every score of that gallery item: a similarity method's per-item
+    # correction (harness/similarity/hubness.py), passed to the kernels as `offset`; None for cosine
+    gallery_offset: torch.Tensor | None = None
 
 
 # Rows of every results table: the composed query and the two single-modality

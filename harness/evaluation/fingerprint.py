@@ -14,10 +14,10 @@ from harness.suites.base import SplitData
 # The fields, in the order tables show them.
 FIELDS = ("suite", "split", "reader_version", "gallery", "gallery_images", "gallery_features", "reference_removed",
           "convention", "tie_rule", "caption_cleaning", "query_template", "text_length", "image_size",
-          "interpolation", "precision", "token_pooling", "similarity")
+          "interpolation", "precision", "token_pooling", "similarity", "similarity_study")
 # Fields added after results were published: left out of the hash at these values, so
 # earlier results keep their hashes (None: the field does not apply).
-ADDED_FIELDS = {"query_template": "caption", "token_pooling": None}
+ADDED_FIELDS = {"query_template": "caption", "token_pooling": None, "similarity_study": None}
 
 
 def model_fields(backbone, similarity: str) -> dict:
@@ -53,6 +53,8 @@ def fingerprint(data: SplitData, protocol_block: dict, model: dict, precision: s
         "precision": precision,
         "token_pooling": protocol_block.get("token_pooling"),
         "similarity": model["similarity"],
+        # the methods of the run's similarity study and their bank (harness/similarity), None without one
+        "similarity_study": protocol_block.get("similarity_study"),
     }
     return {**fields, "hash": fingerprint_hash(fields)}
 

@@ -132,13 +132,15 @@ def build_labels(queries: Sequence[Query], gallery_index: dict[str, int],
     return QueryLabels(reference, positives, hard, soft, members, member_positives)
 
 
-def cirr_counts(query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: QueryLabels) -> tuple[Counts, Counts]:
+def cirr_counts(query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: QueryLabels,
+                offset: torch.Tensor | None = None) -> tuple[Counts, Counts]:
     """(gallery counts, image-set counts) of every positive: what every CIRR metric
-    and rank is computed from."""
+    and rank is computed from. `offset` (G,): added to each item's score (a similarity
+    method's per-item correction, harness/similarity), in the gallery and in the image set."""
     gallery_counts = kernels.target_rank_counts(
-        query_emb, gallery_emb, labels.positives, labels.reference
+        query_emb, gallery_emb, labels.positives, labels.reference, offset=offset
     )
-    subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels)
+    subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels, offset)
     subset_counts = kernels.reference.rank_counts_dense(
         subset_scores, subset_valid, labels.member_positives
     )
@@ -151,12 +153,13 @@ def cirr_query_values(
     labels: QueryLabels,
     convention: str = "covr",
     tie_rule: str = "pessimistic",
+    offset: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each query's value (Q,) for every CIRR metric: a metric is 100 x their mean
-    (harness/evaluation/intervals.py resamples them)."""
+    (harness/evaluation/intervals.py resamples them); `offset` as in `cirr_counts`."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    gallery_counts, subset_counts = cirr_counts(query_emb, gallery_emb, labels)
+    gallery_counts, subset_counts = cirr_counts(query_emb, gallery_emb, labels, offset)
     return query_values_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule)
 
 
@@ -243,15 +246,17 @@ def _variant_values(
 
 
 def subset_scores_of(
-    query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: QueryLabels
+    query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: QueryLabels, offset: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores of each query against its own img_set members (Q, M), and which
-    members take part (not padding, not the reference)."""
+    """Scores of each query against its own img_set members (Q, M), plus each member's
+    `offset` where given, and which members take part (not padding, not the reference)."""
     members = labels.members.clamp(min=0)
     scores = torch.stack(
         [kernels.reference.rowwise_similarity(query_emb, gallery_emb[members[:, m]])
          for m in range(members.shape[1])],
         dim=1,
     ) if members.shape[1] else torch.empty(members.shape)
+    if offset is not None and members.shape[1]:
+        scores = scores + offset.float()[members]
     valid = (labels.members >= 0) & (labels.members != labels.reference[:, None])
     return scores, valid

@@ -60,13 +60,13 @@ def cirr_records(data, emb, convention: str, tie_rule: str, reference: str = "re
                 "methods": {}} for q in data.queries]
     for method, attr in methods_of(emb).items():
         query = getattr(emb, attr)
-        gallery_counts, subset_counts = cirr_counts(query, emb.gallery, labels)
+        gallery_counts, subset_counts = cirr_counts(query, emb.gallery, labels, emb.gallery_offset)
         values = query_values_from_counts(gallery_counts, subset_counts, labels, convention, tie_rule)
         target_rank = _hard_target_rank(gallery_counts, labels.hard, has_target, tie_rule)
         subset_rank = _hard_target_rank(subset_counts, labels.hard, in_subset, tie_rule)
         scores, index = tie_ordered_top(query, emb.gallery, min(top, len(ids) - 1), labels.reference,
                                         labels.positives, recall_labels_of(labels, convention), tie_rule,
-                                        gallery_counts)
+                                        gallery_counts, emb.gallery_offset)
         value_rows = {name: v.tolist() for name, v in values.items()}
         for i, record in enumerate(records):
             record["methods"][method] = {

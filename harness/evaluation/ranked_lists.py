@@ -28,19 +28,19 @@ from harness.evaluation.metrics import ranks_with_ties
 def tie_ordered_top(query: torch.Tensor, gallery: torch.Tensor, k: int, exclude: torch.Tensor,
                     positives: torch.Tensor, labels: torch.Tensor, tie_rule: str,
                     counts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, gallery indices), (Q, k) each, best first, `exclude` removed, every
     positive (gallery index in `positives`, -1 pad, with a label > 0 in `labels`) at
     the place the tie rule gives it. `counts`: `kernels.target_rank_counts` of these
-    positives, when the caller has them."""
+    positives, when the caller has them; `offset` (G,): added to each item's score."""
     real = (positives >= 0) & (labels > 0)
     if not bool(real.any()):
-        return kernels.topk_excluding(query, gallery, k, exclude)
+        return kernels.topk_excluding(query, gallery, k, exclude, offset=offset)
     greater, equal, pos_scores = counts if counts is not None else kernels.target_rank_counts(
-        query, gallery, positives, exclude)
+        query, gallery, positives, exclude, offset=offset)
     positions = ranks_with_ties(greater, equal, pos_scores.masked_fill(~real, float("nan")),
                                 distinct_labels(labels, real), tie_rule)
-    scores, top = kernels.topk_excluding(query, gallery, k + positives.shape[1], exclude)
+    scores, top = kernels.topk_excluding(query, gallery, k + positives.shape[1], exclude, offset=offset)
     k = min(k, top.shape[1])
     rows = zip(real.tolist(), positions.tolist(), pos_scores.tolist(), positives.tolist(), scores.tolist(),
                top.tolist())

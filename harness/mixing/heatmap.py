@@ -1,5 +1,8 @@
-"""Ternary heat-maps of a mixing sweep (harness/mixing/sweep.py): R@1, R@5 and Avg over the
-weight simplex, on the tuning set (top row) and the evaluation set (bottom row).
+"""Ternary heat-maps of a mixing sweep (harness/mixing/sweep.py): three of the suite's
+own metrics over the weight simplex (the block's `heatmap_metrics`, each mixing
+adapter's `panels`: CIRR R@1, R@5, Avg; WebVid-CoVR R@1, R@5, R@10; FashionIQ
+avg R@10, avg R@50, Avg; CIRCO mAP@5, mAP@10, mAP@50), on the tuning set (top row)
+and the evaluation set (bottom row).
 
 Each triangle's corners are q alone (bottom left), t alone (bottom right) and f(q, t)
 alone (top); a point's distance from the opposite side is its weight. The star marks
@@ -26,7 +29,7 @@ import matplotlib.tri as mtri  # noqa: E402
 from harness.core.atomic import replace_atomically  # noqa: E402
 from harness.mixing.grid import best_index  # noqa: E402
 
-PANELS = ("R@1", "R@5", "Avg")
+PANELS = ("R@1", "R@5", "Avg")  # result files written before blocks named their heat-map metrics
 VIDEO_PANELS = ("R@1", "R@5", "R@10")  # no image sets, so no Avg (WebVid-CoVR)
 CORNERS = {"q": (0.0, 0.0), "t": (1.0, 0.0), "f(q,t)": (0.5, math.sqrt(3) / 2)}
 
@@ -38,14 +41,22 @@ def to_xy(weights) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def panels_of(block: dict) -> list[str]:
+    """The metrics a block's heat-map shows: those it names, else (older result
+    files, CIRR-protocol metrics) R@1, R@5 and Avg, or R@10 without Avg."""
+    if block.get("heatmap_metrics"):
+        return list(block["heatmap_metrics"])
+    return list(PANELS if "Avg" in block.get("metrics", PANELS) else VIDEO_PANELS)
+
+
 def write_heatmap(block: dict, path: Path, title: str, machine: str) -> Path:
     sweep = block["sweep"]
     xs, ys = to_xy(sweep["weights"])
     triangulation = mtri.Triangulation(xs, ys)
     learned = block.get("learned", {}).get("weights")
     sets = (("tuning", block["tuning"]), ("evaluation", block["evaluation"]))
-    panels = PANELS if "Avg" in block.get("metrics", PANELS) else VIDEO_PANELS
-    fig, axes = plt.subplots(len(sets), len(panels), figsize=(4.2 * len(panels), 3.9 * len(sets)))
+    panels = panels_of(block)
+    fig, axes = plt.subplots(len(sets), len(panels), figsize=(4.2 * len(panels), 3.9 * len(sets)), squeeze=False)
     for row, (name, described) in enumerate(sets):
         for col, metric in enumerate(panels):
             ax = axes[row][col]

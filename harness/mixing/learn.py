@@ -1,5 +1,7 @@
 """--mix learn: w = softmax(theta) fitted by the run's contrastive loss on the tuning
-set's cached embeddings (query m against its target, in-batch negatives)."""
+set's cached embeddings (query m against its target, in-batch negatives). The target
+is each query's annotated one on every suite (CIRCO's target_img_id, the first of its
+ground truths; FashionIQ's target, from the whole gallery), as the gallery scores it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.errors import HarnessError
+from harness.evaluation.reference_rule import excluded_items
 from harness.mixing.parts import Part
 
 # Adam on theta (3 numbers) from uniform weights, full batches of at most LEARN_BATCH
@@ -19,17 +22,27 @@ LEARN_LR = 0.05
 LEARN_BATCH = 1024
 
 
+def target_rows(part: Part, reference: str = "remove") -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, gallery index of each row's target) of the part's queries whose target
+    is in the gallery and is not the item their ranking leaves out (`reference`)."""
+    index = {g: i for i, g in enumerate(part.gallery_ids)}
+    queries = part.data.queries
+    pairs = [(row, index[q.target]) for row, (q, removed) in enumerate(zip(queries, excluded_items(queries, reference)))
+             if q.target is not None and q.target != removed and q.target in index]
+    rows, targets = zip(*pairs) if pairs else ((), ())
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+
 def learn_weights(part: Part, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   seed: int, steps: int = LEARN_STEPS, lr: float = LEARN_LR,
-                  batch: int = LEARN_BATCH) -> dict:
+                  batch: int = LEARN_BATCH, reference: str = "remove") -> dict:
     """theta (3,) with w = softmax(theta) minimising loss_fn(normalize(w·parts), target)
     over the part's queries that have a target in the gallery."""
-    has_target = (part.labels.hard[:, :1] > 0).squeeze(1) if part.labels.hard.shape[1] else None
-    if has_target is None or not bool(has_target.any()):
+    rows, target_index = target_rows(part, reference)
+    if len(rows) == 0:
         raise HarnessError(f"--mix learn: no tuning query of {part.split} has its target in the gallery")
-    rows = torch.nonzero(has_target).squeeze(1)
     stacked = torch.stack([p[rows] for p in part.parts])  # (3, N, D)
-    targets = part.gallery[part.labels.positives[rows, 0]]
+    targets = part.gallery[target_index].float()
     generator = torch.Generator().manual_seed(seed)
     theta = torch.zeros(3, requires_grad=True)
     optimizer = torch.optim.Adam([theta], lr=lr)

@@ -1,5 +1,6 @@
 """What `--mix` accepts, checked before any work: mode names, fixed weight triples,
-and the suites, backbones and tuning splits mixing covers (harness/mixing/__init__.py)."""
+and the suites, backbones, token pooling and tuning splits mixing covers
+(harness/mixing/__init__.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 
 from harness.core import distributed
 from harness.core.errors import HarnessError
+from harness.evaluation.protocols import PROTOCOLS, ScoringRules, resolved
+from harness.mixing.adapters import MIXERS
 from harness.mixing.grid import RULES, simplex_grid
 from harness.suites.base import SplitData
 
@@ -34,6 +37,15 @@ class MixSettings:
     split: str
     backbone: str
     reference: str = "remove"  # harness/evaluation/reference_rule.py
+    # multi-vector features: the run's rule (harness/evaluation/token_pooling.py); "auto": the protocol's
+    token_pooling: str = "auto"
+
+
+def scoring_rules(settings: MixSettings, scoring: str) -> ScoringRules:
+    """The rules the run's protocol scores with (pooling resolved): mixing scores by them too."""
+    rules = ScoringRules(convention=settings.convention, tie_rule=settings.tie_rule, reference=settings.reference,
+                         token_pooling=settings.token_pooling)
+    return resolved(rules, PROTOCOLS.get(scoring))
 
 
 def parse_modes(tokens: Sequence[str]) -> tuple[str, ...]:
@@ -66,14 +78,18 @@ def check(settings: MixSettings, suite, data: SplitData, backbone) -> None:
     """Before any embedding: refuse what mixing does not cover, saying why."""
     if not settings.modes:
         return
-    if getattr(suite, "scoring", "cirr") not in ("cirr", "webvid"):
-        raise HarnessError(f"--mix applies to suites scored by rank on one gallery (cirr, shapes, webvid-covr), "
-                           f"not {settings.suite} ({suite.scoring})")
-    if getattr(backbone, "multi_vector", False) or getattr(backbone, "query_multi_vector", False):
+    scoring = getattr(suite, "scoring", "cirr")
+    if scoring not in MIXERS:
+        raise HarnessError(f"--mix applies to suites scored by the protocols {', '.join(MIXERS.names())}, "
+                           f"not {settings.suite} ({scoring})")
+    multi_vector = getattr(backbone, "multi_vector", False) or getattr(backbone, "query_multi_vector", False)
+    pooling = scoring_rules(settings, scoring).token_pooling
+    if multi_vector and pooling != "mean":
         raise HarnessError(
             f"--mix is defined for single-vector embeddings; {settings.backbone} features are "
-            "multi-vector (32 tokens, max-sim scoring), under which a mixed score is not the "
-            "weighted sum of the parts' scores (see harness/mixing/core.py)"
+            f"multi-vector (32 tokens, max-sim scoring under token pooling {pooling}), under which a mixed "
+            "score is not the weighted sum of the parts' scores (see harness/mixing/__init__.py); "
+            "under --token-pooling mean (the FashionIQ, CIRCO and WebVid-CoVR protocols' rule) it is"
         )
     if not data.has_targets:
         raise HarnessError(f"--mix needs a split with targets; {settings.suite}/{settings.split} has none")

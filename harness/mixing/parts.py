@@ -1,17 +1,19 @@
 """The query sets mixing works on: a tuning and an evaluation set of one split (a
-seeded held-out half each), or a tuning split of its own, subsampled."""
+seeded held-out half each, cut between annotations, never between the phrasings
+of one), or a tuning split of its own, subsampled."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from harness.core.errors import HarnessError
-from harness.evaluation.metrics import QueryLabels, build_labels
+from harness.evaluation.embed import SplitEmbeddings
+from harness.evaluation.query_subset import query_subset
 from harness.mixing.grid import normalized
 from harness.suites.base import SplitData
 
@@ -20,31 +22,50 @@ PARTS = ("image", "text", "composed")  # SplitEmbeddings attributes of q, t, f
 
 @dataclass
 class Part:
-    """The queries of one tuning or evaluation set: their labels and normalised
-    (q, t, f), against the split's normalised gallery."""
+    """The queries of one tuning or evaluation set (one per annotation, as the
+    protocol scores them) with their normalised (q, t, f), against the split's whole
+    gallery as the protocol scores it (pooled, never re-normalised here)."""
 
     name: str
-    split: str
-    pair_ids: list[int]
-    labels: QueryLabels
-    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    data: SplitData
     gallery: torch.Tensor
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+    @property
+    def split(self) -> str:
+        return self.data.split
+
+    @property
+    def pair_ids(self) -> list[int]:
+        return [q.pair_id for q in self.data.queries]
+
+    @property
+    def gallery_ids(self) -> list[str]:
+        return list(self.data.gallery)
+
+    def embeddings(self, query: torch.Tensor) -> SplitEmbeddings:
+        """`query` (Q, D) as the composed query of these queries, for the protocol."""
+        return SplitEmbeddings(self.gallery_ids, self.gallery, query, None, None)
 
     def describe(self, rule: str) -> dict:
         return {"split": self.split, "rule": rule, "queries": len(self.pair_ids),
                 "gallery_images": self.gallery.shape[0], "pair_ids_sha256": ids_sha256(self.pair_ids)}
 
 
-def make_part(name: str, data: SplitData, emb, rows: Sequence[int] | None = None) -> Part:
+def make_part(name: str, data: SplitData, emb, merge: Callable, rows: Sequence[int] | None = None) -> Part:
+    """The queries at `rows` (all by default), merged by `merge` into one per
+    annotation (an adapter's `merge`, harness/mixing/adapters), with (q, t, f) normalised."""
     for attr in (*PARTS, "gallery"):
-        if getattr(emb, attr).ndim != 2:
-            raise HarnessError(f"--mix needs single-vector embeddings; {attr} is {tuple(getattr(emb, attr).shape)}")
-    rows = list(range(len(data.queries))) if rows is None else list(rows)
-    queries = [data.queries[i] for i in rows]
-    index = torch.tensor(rows, dtype=torch.long)
-    labels = build_labels(queries, {g: i for i, g in enumerate(emb.gallery_ids)})
-    parts = tuple(normalized(getattr(emb, attr)[index]) for attr in PARTS)
-    return Part(name, data.split, [q.pair_id for q in queries], labels, parts, normalized(emb.gallery))
+        tensor = getattr(emb, attr)
+        if tensor is None or tensor.ndim != 2:
+            shape = None if tensor is None else tuple(tensor.shape)
+            raise HarnessError(f"--mix needs single-vector (pooled) embeddings of q, t and f; {attr} is {shape}")
+    if list(emb.gallery_ids) != list(data.gallery):
+        raise HarnessError(f"--mix: the embeddings' gallery is not {data.suite}/{data.split}'s")
+    if rows is not None:
+        data, emb = query_subset(data, emb, rows)
+    data, emb = merge(data, emb)
+    return Part(name, data, emb.gallery, tuple(normalized(getattr(emb, attr)) for attr in PARTS))
 
 
 def ids_sha256(pair_ids: Sequence[int]) -> str:
@@ -55,23 +76,32 @@ def _order_key(seed: int, pair_id) -> str:
     return hashlib.sha256(f"{seed}:{pair_id}".encode()).hexdigest()
 
 
+def _by_pair_ids(data: SplitData, rows: Sequence[int], keep: int, seed: int) -> tuple[list[int], list[int]]:
+    """`rows` split by pair id: those of the first `keep` pair ids by the seeded
+    hash order, and the rest; each keeps the split's order."""
+    ids = sorted(dict.fromkeys(data.queries[i].pair_id for i in rows), key=lambda p: _order_key(seed, p))
+    chosen = set(ids[:keep])
+    first = [i for i in rows if data.queries[i].pair_id in chosen]
+    return first, [i for i in rows if data.queries[i].pair_id not in chosen]
+
+
 def heldout_halves(data: SplitData, seed: int) -> tuple[list[int], list[int]]:
-    """Rows of the tuning and the evaluation half: queries ordered by
-    sha256("<seed>:<pair id>"), the first floor(n/2) tune, the rest evaluate; each
-    half keeps the split's order."""
-    order = sorted(range(len(data.queries)), key=lambda i: _order_key(seed, data.queries[i].pair_id))
-    tune = sorted(order[: len(order) // 2])
-    return tune, sorted(order[len(order) // 2 :])
+    """Rows of the tuning and the evaluation half: pair ids ordered by
+    sha256("<seed>:<pair id>"), the queries of the first floor(n/2) tune, the rest
+    evaluate (n pair ids; the phrasings of one annotation stay together)."""
+    count = len({q.pair_id for q in data.queries})
+    return _by_pair_ids(data, range(len(data.queries)), count // 2, seed)
 
 
 def subsample(data: SplitData, cap: int | None, seed: int) -> tuple[SplitData, str]:
-    """The split's queries that have a target, at most `cap` of them (the first `cap` by
-    the seeded hash order), under a split name that says so (its own cache entry)."""
+    """The split's queries that have a target, those of at most `cap` pair ids (the
+    first `cap` by the seeded hash order), under a split name that says so (its own
+    cache entry)."""
     rows = [i for i, q in enumerate(data.queries) if q.target is not None]
     rule = f"queries with a target ({len(rows)} of {len(data.queries)})"
-    if cap is not None and len(rows) > cap:
-        rows = sorted(sorted(rows, key=lambda i: _order_key(seed, data.queries[i].pair_id))[:cap])
-        rule += f", the first {cap} by sha256('{seed}:<pair id>')"
+    if cap is not None and len({data.queries[i].pair_id for i in rows}) > cap:
+        rows, _ = _by_pair_ids(data, rows, cap, seed)
+        rule += f", those of the first {cap} pair ids by sha256('{seed}:<pair id>')"
         return replace(data, queries=[data.queries[i] for i in rows],
                        split=f"{data.split}-sample{cap}-seed{seed}"), rule
     return replace(data, queries=[data.queries[i] for i in rows]), rule

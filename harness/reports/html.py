@@ -156,6 +156,30 @@ def qualitative_groups(records: list[dict], seed: int = 0) -> list[tuple[str, li
     return [(title, rows) for title, rows in groups if rows]
 
 
+def similarity_section(block: dict, image_of: Callable[[str], object | None]) -> str:
+    """The similarity study's table (evaluation half, paired with cosine) and the queries
+    where the methods disagree most, each method's top 5 on its own row."""
+    key, metrics = block["headline"], block["metrics"]
+
+    def paired(pair: dict) -> str:
+        low, high = pair["interval"]
+        return f"{pair['difference']:+.2f} [{low:+.1f}, {high:+.1f}]"
+
+    rows = [[r["method"], *(r["metrics"][m] for m in metrics), paired(r["minus_cosine"][key])] for r in block["rows"]]
+    parts = ["<h2>Similarity methods</h2>",
+             f"<p>Tuned for {html.escape(key)} on {html.escape(block['tuning']['rule'])}, reported on "
+             f"{html.escape(block['evaluation']['rule'])}; {html.escape(block['intervals'])}.</p>",
+             table(["method", *metrics, f"{key} minus cosine [95%]"], rows)]
+    if block.get("disagreement"):
+        parts.append(f"<h3>Where the methods disagree most ({html.escape(key)} per query)</h3>")
+    for query in block.get("disagreement", []):
+        for method, seen in query["methods"].items():
+            record = {**query, "caption": f"{query['caption']} [{method}: {key} {seen['value']:.2f}]",
+                      "methods": {method: seen}}
+            parts.append(qualitative_row(record, image_of))
+    return "\n".join(parts)
+
+
 def qualitative_row(record: dict, image_of: Callable[[str], object | None]) -> str:
     method_name = next(iter(record["methods"]))
     method = record["methods"][method_name]
@@ -197,6 +221,8 @@ def run_html(result: dict, records: list[dict], image_of: Callable[[str], object
         encoded = base64.b64encode(heatmap.read_bytes()).decode()
         parts += ["<h2>Mixing heat-map</h2>", f'<img src="data:image/png;base64,{encoded}" alt="mixing heat-map" '
                                                 'style="max-width: 100%">']
+    if result.get("similarity_study"):
+        parts.append(similarity_section(result["similarity_study"], image_of))
     for group_title, rows in qualitative_groups(records, result.get("seed") or 0):
         parts += [f"<h2>{html.escape(group_title)}</h2>", *(qualitative_row(r, image_of) for r in rows)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

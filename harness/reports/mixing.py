@@ -30,10 +30,16 @@ def mixing_markdown(block: dict, heatmap_dir: Path | None = None) -> list[str]:
     lines += _per_metric_choice(block["rows"])
     if block.get("heatmap"):
         where = (heatmap_dir / block["heatmap"]).as_posix() if heatmap_dir is not None else block["heatmap"]
-        panels = "R@1, R@5 and " + ("Avg" if "Avg" in metrics else "R@10")  # harness/mixing/heatmap.py
-        lines += [f"Heat-map of {panels} over the simplex (tuning and evaluation sets): "
+        lines += [f"Heat-map of {_panels(block, metrics)} over the simplex (tuning and evaluation sets): "
                   f"[{block['heatmap']}]({where})", "", f"![mixing heat-map]({where})", ""]
     return lines
+
+
+def _panels(block: dict, metrics: list[str]) -> str:
+    """The heat-map's metrics in words (harness/mixing/heatmap.py `panels_of`; older
+    result files do not name them: CIRR's R@1, R@5 and Avg, or R@10 without Avg)."""
+    panels = block.get("heatmap_metrics") or ["R@1", "R@5", "Avg" if "Avg" in metrics else "R@10"]
+    return ", ".join(panels[:-1]) + " and " + panels[-1] if len(panels) > 1 else panels[0]
 
 
 def _conditions(block: dict) -> list[str]:
@@ -46,6 +52,11 @@ def _conditions(block: dict) -> list[str]:
         f"**{ev['split']}** ({ev['rule']}; {ev['queries']} queries over {ev['gallery_images']} images, "
         f"pair ids sha256 {ev['pair_ids_sha256'][:12]})",
     ]
+    if block.get("scoring"):
+        pooling = (f"; BLIP-2 token means (token pooling {block['token_pooling']}: tokens normalised, averaged, "
+                   "not re-normalised), the gallery's as the protocol scores them" if block.get("token_pooling") else "")
+        lines.append(f"- scored by the {block['scoring']} protocol, as the run's own metrics{pooling}; q, t and f "
+                     "each L2-normalised before mixing")
     if "hardware" in block:
         lines.append(f"- mixing computed on: {describe_machine(block['hardware'])}"
                      + (f" (load average {block['load_average_1min']:.1f} at the end)"

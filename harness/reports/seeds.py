@@ -14,6 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.config import RunConfig
+from harness.reports.similarity import seeds_similarity_markdown
 
 
 def seedless_key(result: dict) -> tuple | None:
@@ -99,9 +100,11 @@ def seeds_markdown(summary: dict) -> str:
     columns, rows = _summary_rows(summary["summary"])
     runs = summary["runs"]
     times = ", ".join(f"{r['total_seconds']:.0f}" for r in runs)
+    similarity = seeds_similarity_markdown(summary["similarity_study"]) if summary.get("similarity_study") else []
     return "\n".join([
         head, "", tabulate(rows, headers=["method", *columns], tablefmt="github"), "",
         *_per_seed_lines(seeds, [r["metrics"] for r in runs], [r.get("intervals") for r in runs]), "",
+        *similarity,
         f"whole run per seed (s): {times}",
         "result files: " + ", ".join(r["result_file"] for r in runs), "",
     ])

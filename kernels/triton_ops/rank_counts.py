@@ -9,6 +9,10 @@ same as the positive, and the positive's score.
 2. `_rank_count_kernel` streams gallery blocks, computes each score tile with
    tl.dot and compares it against the positives' scores in registers. The Q x G
    score matrix never reaches memory: the only writes are Q x P counts.
+
+Each pass is a thin kernel over one body (`_positive_scores`, `_rank_counts`): the
+kernel without score offsets keeps its signature, and `_*_offset_kernel` takes an
+offset (G,) whose entries both passes add to their tiles (`tiles._add_offset`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_ops.tiles import Launch, _score_tile, copies_of, plan
+from kernels.triton_ops.tiles import (
+    Launch,
+    _add_offset,
+    _score_tile,
+    copies_of,
+    offset_operand,
+    plan,
+)
 
 
 @triton.jit
@@ -30,7 +41,46 @@ def _positive_scores_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
-    """Pass 1: scores of the positives, out (Q, P) fp32 (left as is for padding).
+    """Pass 1 without score offsets (`_positive_scores`; the copy scores stand in for
+    the offsets it never reads)."""
+    _positive_scores(
+        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, copy_score_ptr, pos_ptr, out_ptr,
+        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd, num_groups,
+        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, False,
+    )
+
+
+@triton.jit
+def _positive_scores_offset_kernel(
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, out_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_groups,
+    P: tl.constexpr, P_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
+):
+    """Pass 1 with a score offset per gallery item, offset (G,) fp32 (`_positive_scores`)."""
+    _positive_scores(
+        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, out_ptr,
+        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd, num_groups,
+        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, True,
+    )
+
+
+@triton.jit
+def _positive_scores(
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, out_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_groups,
+    P: tl.constexpr, P_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
+):
+    """Pass 1: scores of the positives (each plus its offset with HAS_OFFSET), out
+    (Q, P) fp32 (left as is for padding).
 
     Grid (query blocks, num_groups). A program takes the gallery blocks holding
     positives of its query block (those with block % num_groups == group), and for
@@ -61,6 +111,7 @@ def _positive_scores_kernel(
             num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
             BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
         )
+        acc = _add_offset(acc, offset_ptr, cols, num_gallery, HAS_OFFSET)
         for p in tl.static_range(P):
             pos = tl.load(pos_ptr + rows * P + p, mask=row_ok, other=-1)
             hit = row_ok & (pos >= gb * BLOCK_G) & (pos < gb * BLOCK_G + BLOCK_G)
@@ -81,7 +132,49 @@ def _rank_count_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
-    """Pass 2: counts (Q, P) int32, added atomically (zero-initialised).
+    """Pass 2 without score offsets (`_rank_counts`)."""
+    _rank_counts(
+        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, copy_score_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
+        greater_ptr, equal_ptr, num_queries, num_gallery, dim, num_copy_groups,
+        stride_qm, stride_qd, stride_gn, stride_gd, num_gallery_blocks, num_splits,
+        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, False,
+    )
+
+
+@triton.jit
+def _rank_count_offset_kernel(
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
+    greater_ptr, equal_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_gallery_blocks, num_splits,
+    P: tl.constexpr, P_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
+):
+    """Pass 2 with a score offset per gallery item, offset (G,) fp32 (`_rank_counts`)."""
+    _rank_counts(
+        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
+        greater_ptr, equal_ptr, num_queries, num_gallery, dim, num_copy_groups,
+        stride_qm, stride_qd, stride_gn, stride_gd, num_gallery_blocks, num_splits,
+        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, True,
+    )
+
+
+@triton.jit
+def _rank_counts(
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
+    greater_ptr, equal_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_gallery_blocks, num_splits,
+    P: tl.constexpr, P_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
+):
+    """Pass 2: counts (Q, P) int32, added atomically (zero-initialised), of the tile's
+    scores (each plus its item's offset with HAS_OFFSET).
 
     Grid (query blocks, gallery splits); a program walks gallery blocks
     split, split + num_splits, ... and keeps its counts in registers, so each
@@ -104,6 +197,7 @@ def _rank_count_kernel(
             num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
             BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
         )
+        acc = _add_offset(acc, offset_ptr, cols, num_gallery, HAS_OFFSET)
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         for p in tl.static_range(P):
             pos = tl.load(pos_ptr + rows * P + p, mask=row_ok, other=-1)
@@ -136,14 +230,17 @@ def checked_labels(positives: torch.Tensor, exclude: torch.Tensor, num_queries: 
 
 
 def positive_scores(launch: Launch, part: torch.Tensor, copies, copy_scores: torch.Tensor,
-                    positives: torch.Tensor, out: torch.Tensor, num_gallery: int) -> None:
+                    positives: torch.Tensor, out: torch.Tensor, num_gallery: int,
+                    offset: torch.Tensor | None = None) -> None:
     """Pass 1 for one query operand `part` (the launch's q, or a mixed query's t or
-    f): each positive's score into out (Q, P), from the tile pass 2 computes."""
+    f): each positive's score (plus its `offset`) into out (Q, P), from the tile pass 2
+    computes."""
     num_queries, num_pos = out.shape
     groups = launch.splits()
-    _positive_scores_kernel[(launch.num_qb, groups)](
-        part, launch.g, copies.group, copy_scores, positives, out, num_queries, num_gallery, part.shape[1],
-        copies.count, *launch.strides, groups,
+    kernel = _positive_scores_kernel if offset is None else _positive_scores_offset_kernel
+    kernel[(launch.num_qb, groups)](
+        part, launch.g, copies.group, copy_scores, *offset_operand(offset, part.device), positives, out,
+        num_queries, num_gallery, part.shape[1], copies.count, *launch.strides, groups,
         P=num_pos, P_PAD=max(2, triton.next_power_of_2(num_pos)), HAS_COPIES=copies.present,
         **launch.constants(),
     )
@@ -155,10 +252,12 @@ def target_rank_counts(
     positives: torch.Tensor,
     exclude: torch.Tensor,
     config: dict | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused `reference.target_rank_counts`: (greater int64, equal int64, positive
-    scores fp32 with nan for padding), each (Q, P). `config` overrides
-    `block_config` (tests use it to force small blocks/splits)."""
+    scores fp32 with nan for padding), each (Q, P); each item's `offset` (G,) added to
+    its score if given. `config` overrides `block_config` (tests use it to force small
+    blocks/splits)."""
     launch = plan("rank", query, gallery, config)
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     positives, exclude = checked_labels(positives, exclude, num_queries, num_gallery, launch.q.device)
@@ -170,11 +269,13 @@ def target_rank_counts(
         return greater.long(), equal.long(), pos_scores
     copies = copies_of(gallery, gallery, (query,))
     # Same tiles, same warps in both passes: pass 1's scores are pass 2's bits.
-    positive_scores(launch, launch.q, copies, copies.scores, positives, pos_scores, num_gallery)
+    positive_scores(launch, launch.q, copies, copies.scores, positives, pos_scores, num_gallery, offset)
     splits = launch.splits()
-    _rank_count_kernel[(launch.num_qb, splits)](
-        launch.q, launch.g, copies.group, copies.scores, positives, pos_scores, exclude, greater, equal,
-        num_queries, num_gallery, launch.q.shape[1], copies.count, *launch.strides, launch.num_gb, splits,
+    kernel = _rank_count_kernel if offset is None else _rank_count_offset_kernel
+    kernel[(launch.num_qb, splits)](
+        launch.q, launch.g, copies.group, copies.scores, *offset_operand(offset, device), positives, pos_scores,
+        exclude, greater, equal, num_queries, num_gallery, launch.q.shape[1], copies.count, *launch.strides,
+        launch.num_gb, splits,
         P=shape[1], P_PAD=max(2, triton.next_power_of_2(shape[1])), HAS_COPIES=copies.present,
         **launch.constants(),
     )

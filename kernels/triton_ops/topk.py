@@ -6,7 +6,9 @@ stable sort does. A tile's keys enter the running top-K by insertion only while
 they beat its K-th best, so most tiles cost a row max and are never sorted. Each
 program writes K_PAD keys per query; a torch top-k over the (Q, splits * K_PAD)
 keys merges them and decodes scores and indices. Writes Q x splits x K_PAD x 8
-bytes instead of the 4 x Q x G bytes of a materialised score matrix."""
+bytes instead of the 4 x Q x G bytes of a materialised score matrix.
+`_topk_kernel` and `_topk_offset_kernel` (a score offset per item added to each
+tile, `tiles._add_offset`) run one body, `_topk`."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_ops.tiles import _score_tile, copies_of, plan
+from kernels.triton_ops.tiles import _add_offset, _score_tile, copies_of, offset_operand, plan
 
 MAX_K = 64  # the running top-K lives in registers: K_PAD <= 64
 _KEY_NONE = tl.constexpr(-(2**63))  # int64 key below every real score key
@@ -44,7 +46,47 @@ def _topk_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
 ):
-    """Per (query block, gallery split): the K_PAD best keys per query, unsorted,
+    """`_topk` without score offsets (the copy scores stand in for the offsets it never reads)."""
+    _topk(
+        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, copy_score_ptr, exclude_ptr, out_ptr,
+        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+        num_gallery_blocks, num_splits, K_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
+        False,
+    )
+
+
+@triton.jit
+def _topk_offset_kernel(
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, exclude_ptr, out_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_gallery_blocks, num_splits,
+    K_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
+):
+    """`_topk` with a score offset per gallery item, offset (G,) fp32."""
+    _topk(
+        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, exclude_ptr, out_ptr,
+        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
+        num_gallery_blocks, num_splits, K_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
+        True,
+    )
+
+
+@triton.jit
+def _topk(
+    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, exclude_ptr, out_ptr,
+    num_queries, num_gallery, dim, num_copy_groups,
+    stride_qm, stride_qd, stride_gn, stride_gd,
+    num_gallery_blocks, num_splits,
+    K_PAD: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
+    HAS_OFFSET: tl.constexpr,
+):
+    """Per (query block, gallery split): the K_PAD best keys per query (scores plus
+    their items' offsets with HAS_OFFSET), unsorted,
     to out (Q, num_splits, K_PAD) int64 (distinct sentinels below _KEY_NONE + K_PAD
     where there are fewer candidates).
 
@@ -71,6 +113,7 @@ def _topk_kernel(
             num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
             BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
         )
+        acc = _add_offset(acc, offset_ptr, cols, num_gallery, HAS_OFFSET)
         valid = (cols[None, :] < num_gallery) & (cols[None, :] != exclude[:, None])
         keys = tl.where(valid, _score_keys(acc, cols), _KEY_NONE)
         top = tl.max(keys, 1)
@@ -90,10 +133,12 @@ def topk_excluding(
     k: int,
     exclude: torch.Tensor,
     config: dict | None = None,
+    offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused `reference.topk_excluding`, k <= MAX_K: (scores fp32 (Q, k), indices
     int64 (Q, k)), best first, ties to the lower index, k capped at the number of
-    candidates exactly as the reference caps it."""
+    candidates exactly as the reference caps it; scores plus each item's `offset`
+    (G,) if given."""
     launch = plan("topk", query, gallery, config)
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
     if exclude.shape != (num_queries,):
@@ -110,9 +155,10 @@ def topk_excluding(
     splits = launch.splits()
     keys = torch.empty((num_queries, splits, k_pad), dtype=torch.int64, device=launch.q.device)
     copies = copies_of(gallery, gallery, (query,))
-    _topk_kernel[(launch.num_qb, splits)](
-        launch.q, launch.g, copies.group, copies.scores, exclude, keys, num_queries, num_gallery,
-        launch.q.shape[1], copies.count, *launch.strides, launch.num_gb, splits,
+    kernel = _topk_kernel if offset is None else _topk_offset_kernel
+    kernel[(launch.num_qb, splits)](
+        launch.q, launch.g, copies.group, copies.scores, *offset_operand(offset, launch.q.device), exclude, keys,
+        num_queries, num_gallery, launch.q.shape[1], copies.count, *launch.strides, launch.num_gb, splits,
         K_PAD=k_pad, HAS_COPIES=copies.present, **launch.constants(),
     )
     # Merge: keys are unique (they hold the index), so top-k has no ties to break;

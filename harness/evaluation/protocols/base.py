@@ -37,6 +37,7 @@ class ScoringProtocol(Protocol):
     name: str
     reference_rules: tuple[str, ...]  # the --reference rules it takes, "remove" first
     token_pooling: str  # its multi-vector rule under --token-pooling auto (CoVR-2's for the suite)
+    headline_metric: str  # the metric tuned hyperparameters are chosen for (harness/similarity/study.py)
 
     def describe(self, data, rules: ScoringRules) -> dict: ...
 

@@ -66,12 +66,13 @@ def ordered_lists(data, emb, query: torch.Tensor, k: int, rules: ScoringRules, c
     # distinct labels, target first: the order ground_truth_positions settles ties between ground truths in
     labels = torch.arange(positives.shape[1], 0, -1, dtype=torch.float64).expand(positives.shape)
     return tie_ordered_top(query, emb.gallery, min(k, len(emb.gallery_ids) - 1), exclude, positives, labels,
-                           rules.tie_rule, counts)
+                           rules.tie_rule, counts, emb.gallery_offset)
 
 
 class CircoProtocol:
     name = "circo"
     reference_rules = ("remove", "keep")
+    headline_metric = "mAP@10"  # what tuned hyperparameters are chosen for (harness/similarity/study.py)
     token_pooling = "mean"  # CoVR-2: src/test/blip2/circo.py lines 97-100 (harness/evaluation/token_pooling.py)
     val_predictions = True  # a val run writes its lists in the server's format too (harness/outputs.py)
 
@@ -92,7 +93,8 @@ class CircoProtocol:
         check_embeddings(data, emb, methods_of(emb))
         positives, counts, exclude = ground_truth_labels(data, emb.gallery_ids, rules.reference)
         return {
-            method: map_metrics(getattr(emb, attr), emb.gallery, positives, counts, exclude, rules.tie_rule)
+            method: map_metrics(getattr(emb, attr), emb.gallery, positives, counts, exclude, rules.tie_rule,
+                                offset=emb.gallery_offset)
             for method, attr in methods_of(emb).items()
         }
 
@@ -100,7 +102,8 @@ class CircoProtocol:
         check_embeddings(data, emb, methods_of(emb))
         positives, counts, exclude = ground_truth_labels(data, emb.gallery_ids, rules.reference)
         return {
-            method: map_query_values(getattr(emb, attr), emb.gallery, positives, counts, exclude, rules.tie_rule)
+            method: map_query_values(getattr(emb, attr), emb.gallery, positives, counts, exclude, rules.tie_rule,
+                                     offset=emb.gallery_offset)
             for method, attr in methods_of(emb).items()
         }
 
@@ -113,9 +116,11 @@ class CircoProtocol:
                     "ground_truths": list(q.ground_truths), "methods": {}} for q in data.queries]
         for method, attr in methods_of(emb).items():
             query = getattr(emb, attr)
-            greater, equal, pos_scores = kernels.target_rank_counts(query, emb.gallery, positives, exclude)
+            greater, equal, pos_scores = kernels.target_rank_counts(query, emb.gallery, positives, exclude,
+                                                                    offset=emb.gallery_offset)
             positions = ground_truth_positions(greater, equal, pos_scores, rules.tie_rule)[:, 0].tolist()
-            values = map_query_values(query, emb.gallery, positives, counts, exclude, rules.tie_rule)
+            values = map_query_values(query, emb.gallery, positives, counts, exclude, rules.tie_rule,
+                                      offset=emb.gallery_offset)
             scores, top = ordered_lists(data, emb, query, 10, rules, (greater, equal, pos_scores))
             for i, record in enumerate(records):
                 record["methods"][method] = {

@@ -37,7 +37,8 @@ def query_values(data: SplitData, emb: SplitEmbeddings, convention: str, tie_rul
     check_embeddings(data, emb, methods_of(emb))
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
     return {
-        method: cirr_query_values(getattr(emb, attr), emb.gallery, labels, convention, tie_rule)
+        method: cirr_query_values(getattr(emb, attr), emb.gallery, labels, convention, tie_rule,
+                                   emb.gallery_offset)
         for method, attr in methods_of(emb).items()
     }
 
@@ -53,10 +54,11 @@ def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, s
     ties broken by gallery (or member) order."""
     check_embeddings(data, emb, {"composed f(q,t)": "composed"})
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
-    _, top = kernels.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference)
+    _, top = kernels.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference,
+                                    offset=emb.gallery_offset)
     top_recall = [[emb.gallery_ids[i] for i in row] for row in top.tolist()]
 
-    scores, valid = subset_scores_of(emb.composed, emb.gallery, labels)
+    scores, valid = subset_scores_of(emb.composed, emb.gallery, labels, emb.gallery_offset)
     order = torch.sort(scores.masked_fill(~valid, float("-inf")), dim=1, descending=True, stable=True).indices
     top_subset = []
     for q, row in zip(data.queries, order.tolist()):
@@ -71,6 +73,7 @@ def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, s
 class CirrProtocol:
     name = "cirr"
     reference_rules = ("remove",)  # every peer's CIRR scoring removes it
+    headline_metric = "Avg"  # what tuned hyperparameters are chosen for (harness/similarity/study.py)
     token_pooling = "max"  # CoVR-2: src/test/blip2/cirr.py, cirr_val.py (harness/evaluation/token_pooling.py)
 
     def describe(self, data, rules: ScoringRules) -> dict:

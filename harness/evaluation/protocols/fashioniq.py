@@ -60,7 +60,7 @@ def merge_phrasings(queries: Sequence[Query], emb):
     return [first[p] for p in unique], merged
 
 
-def _category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list[str], category: str,
+def category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list[str], category: str,
                      reference: str = "remove"):
     """Rows of the category's queries, the gallery rows of its images, each query's
     removed item (`reference`, harness/evaluation/reference_rule.py) in category
@@ -77,6 +77,11 @@ def _category_inputs(queries: Sequence[Query], gallery_ids: list[str], ids: list
     return rows, columns, exclude, positives
 
 
+def _columns_of(offset: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor | None:
+    """A category gallery's share of a per-item score offset."""
+    return None if offset is None else offset[columns]
+
+
 def category_hits(
     queries: Sequence[Query],
     query_emb: torch.Tensor,
@@ -86,16 +91,18 @@ def category_hits(
     tie_rule: str = "pessimistic",
     ks: Sequence[int] = RECALL_KS,
     reference: str = "remove",
+    offset: torch.Tensor | None = None,
 ) -> dict[str, tuple[list[int], dict[int, torch.Tensor], torch.Tensor]]:
     """{category: (its query rows, {K: hit within K per query, float64}, the target's
-    0-based rank per query)} for the categories that have queries."""
+    0-based rank per query)} for the categories that have queries; `offset` (G,): added
+    to each item's score."""
     hits = {}
     for category, ids in groups.items():
-        rows, columns, exclude, positives = _category_inputs(queries, gallery_ids, ids, category, reference)
+        rows, columns, exclude, positives = category_inputs(queries, gallery_ids, ids, category, reference)
         if not rows:
             continue
         greater, equal, pos_scores = kernels.target_rank_counts(
-            query_emb[rows], gallery_emb[columns], positives, exclude
+            query_emb[rows], gallery_emb[columns], positives, exclude, offset=_columns_of(offset, columns)
         )
         labels = (positives >= 0).double()
         ranks = ranks_with_ties(greater, equal, pos_scores, labels, tie_rule)
@@ -112,10 +119,11 @@ def fashioniq_metrics(
     tie_rule: str = "pessimistic",
     ks: Sequence[int] = RECALL_KS,
     reference: str = "remove",
+    offset: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """R@K per category ("dress R@10"), their unweighted mean over the categories that
     have queries ("avg R@10"), and Avg, the mean of the "avg" values."""
-    hits = category_hits(queries, query_emb, gallery_emb, gallery_ids, groups, tie_rule, ks, reference)
+    hits = category_hits(queries, query_emb, gallery_emb, gallery_ids, groups, tie_rule, ks, reference, offset)
     metrics = {f"{c} R@{k}": percent(v).item() for c, (_, by_k, _) in hits.items() for k, v in by_k.items()}
     for k in ks:
         metrics[f"avg R@{k}"] = sum(metrics[f"{c} R@{k}"] for c in hits) / len(hits)
@@ -148,6 +156,7 @@ def columns_for(categories: Sequence[str], ks: Sequence[int] = RECALL_KS) -> lis
 class FashionIQProtocol:
     name = "fashioniq"
     reference_rules = ("remove", "keep")
+    headline_metric = "Avg"  # what tuned hyperparameters are chosen for (harness/similarity/study.py)
     token_pooling = "mean"  # CoVR-2: src/test/blip2/fashioniq.py lines 73-75, 99-103 (harness/evaluation/token_pooling.py)
 
     def describe(self, data, rules: ScoringRules) -> dict:
@@ -169,7 +178,8 @@ class FashionIQProtocol:
         queries, merged = merge_phrasings(data.queries, emb)
         return {
             method: fashioniq_metrics(queries, getattr(merged, attr), merged.gallery, merged.gallery_ids,
-                                      data.groups, rules.tie_rule, reference=rules.reference)
+                                      data.groups, rules.tie_rule, reference=rules.reference,
+                                      offset=merged.gallery_offset)
             for method, attr in methods_of(emb).items()
         }
 
@@ -179,7 +189,7 @@ class FashionIQProtocol:
         return {
             method: fashioniq_query_values(len(queries), category_hits(
                 queries, getattr(merged, attr), merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule,
-                reference=rules.reference))
+                reference=rules.reference, offset=merged.gallery_offset))
             for method, attr in methods_of(emb).items()
         }
 
@@ -194,13 +204,14 @@ class FashionIQProtocol:
         for method, attr in methods_of(emb).items():
             query_emb = getattr(merged, attr)
             hits = category_hits(queries, query_emb, merged.gallery, merged.gallery_ids, data.groups, rules.tie_rule,
-                                 reference=rules.reference)
+                                 reference=rules.reference, offset=merged.gallery_offset)
             for category, (rows, by_k, ranks) in hits.items():
                 ids = data.groups[category]
-                _, columns, exclude, positives = _category_inputs(queries, merged.gallery_ids, ids, category,
+                _, columns, exclude, positives = category_inputs(queries, merged.gallery_ids, ids, category,
                                                                   rules.reference)
                 scores, top = tie_ordered_top(query_emb[rows], merged.gallery[columns], min(10, len(ids) - 1),
-                                              exclude, positives, (positives >= 0).double(), rules.tie_rule)
+                                              exclude, positives, (positives >= 0).double(), rules.tie_rule,
+                                              offset=_columns_of(merged.gallery_offset, columns))
                 for j, i in enumerate(rows):
                     rank = int(ranks[j])
                     records[i]["methods"][method] = {
@@ -219,10 +230,11 @@ class FashionIQProtocol:
         queries, merged = merge_phrasings(data.queries, emb)
         rankings = []
         for category, ids in data.groups.items():
-            rows, columns, exclude, _ = _category_inputs(queries, merged.gallery_ids, ids, category, rules.reference)
+            rows, columns, exclude, _ = category_inputs(queries, merged.gallery_ids, ids, category, rules.reference)
             if not rows:
                 continue
-            _, top = kernels.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP, exclude)
+            _, top = kernels.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP, exclude,
+                                            offset=_columns_of(merged.gallery_offset, columns))
             for i, ranked in zip(rows, top.tolist()):
                 q = queries[i]
                 rankings.append({"pair_id": q.pair_id, "category": category, "candidate": q.reference,

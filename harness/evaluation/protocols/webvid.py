@@ -46,6 +46,7 @@ def webvid_values(recalls: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class WebVidProtocol:
     name = "webvid"
     reference_rules = ("remove", "keep", "covr-order")
+    headline_metric = "R@1"  # what tuned hyperparameters are chosen for (harness/similarity/study.py)
     token_pooling = "mean"  # CoVR-2: src/test/blip2/webvid_covr.py lines 78-79, 100-102
 
     def describe(self, data, rules: ScoringRules) -> dict:
@@ -57,7 +58,7 @@ class WebVidProtocol:
         labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)},
                               excluded_items(data.queries, rules.reference))
         return {method: webvid_values(cirr_query_values(getattr(emb, attr), emb.gallery, labels, "covr",
-                                                        rules.tie_rule))
+                                                        rules.tie_rule, emb.gallery_offset))
                 for method, attr in methods_of(emb).items()}
 
     def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]:

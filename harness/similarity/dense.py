@@ -1,0 +1,38 @@
+"""Methods whose score is not a vector product plus an item offset (dual softmax,
+k-reciprocal re-ranking) hand the protocol their (Q, G) score matrix S as query
+vectors over the identity gallery: q_i · e_g = S[i, g] exactly (one product by 1,
+every other by 0), so the protocol's own rank counts, tie rule, image-set ranks and
+per-query lists score S unchanged. It costs a Q x G x G product and a G x G
+identity in memory, hence the gallery limit."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.core.errors import HarnessError
+from harness.similarity.base import Problem, Scoring, composed_only
+
+MAX_GALLERY = 20_000  # the identity gallery is MAX_GALLERY^2 fp32 values (1.6 GB)
+
+
+def cosine_scores(problem: Problem) -> torch.Tensor:
+    """Every query's score against every item, (Q, G) float64 (the protocol's products, exactly)."""
+    return problem.emb.composed.double() @ problem.emb.gallery.double().T
+
+
+def dense_scoring(problem: Problem, name: str, scores: torch.Tensor) -> Scoring:
+    gallery_size = problem.emb.gallery.shape[0]
+    if gallery_size > MAX_GALLERY:
+        raise HarnessError(f"--similarity {name} scores the whole (queries x gallery) matrix; a gallery of "
+                           f"{gallery_size} items is over its limit of {MAX_GALLERY}: use a hubness "
+                           "correction (inverted-softmax, csls) or a query-side method (alpha-qe, dba) instead")
+    if len({q.pair_id for q in problem.data.queries}) != len(problem.data.queries):
+        raise HarnessError(f"--similarity {name}: queries sharing a pair id (fashioniq-both-orders) are merged "
+                           "by averaging their vectors, which a score matrix is not: use the fashioniq suite")
+    return Scoring(composed_only(problem.emb, composed=scores.float(), gallery=torch.eye(gallery_size)))
+
+
+def check_single_vector(problem: Problem) -> None:
+    if problem.emb.composed.ndim != 2 or problem.emb.gallery.ndim != 2:
+        raise HarnessError("similarity methods need one vector per item: multi-vector features scored by the "
+                           "max over token pairs are not (use --token-pooling mean)")

@@ -1,0 +1,58 @@
+"""`dual-softmax` (Cheng et al. 2021, "Improving Video-Text Retrieval by Multi-Stream
+Corpus Alignment and Dual Softmax Loss", CAMoE; its inference revision of the score):
+each score is multiplied by a prior, the softmax of temperature·s over the queries
+that meet that gallery item. Here those queries are the bank and the query itself
+(the paper's are the evaluated queries: `dual-softmax-transductive`):
+S(q,g) = s(q,g) · exp(T·s(q,g) - logaddexp(logsumexp_b(T·s(b,g)), T·s(q,g))),
+in float64 (the prior is at most 1: nothing overflows). It is ranked by its logarithm
+where s > 0 (the prior makes most products tiny, which fp32 and the two-stage kernels'
+absolute error bound would not separate); items with s <= 0 score -1000 + S, below every
+positive one (their order among themselves moves a count only for a target with s <= 0).
+Scored as a dense matrix (harness/similarity/dense.py)."""
+
+from __future__ import annotations
+
+import torch
+
+import kernels
+from harness.similarity.base import SIMILARITIES, Problem, Scoring
+from harness.similarity.dense import cosine_scores, dense_scoring
+
+TEMPERATURES = (10.0, 30.0, 100.0)
+
+
+NON_POSITIVE = -1000.0  # where items with s <= 0 are placed, below every log-score
+
+
+def dual_softmax_scores(scores: torch.Tensor, bank_lse: torch.Tensor, temperature: float) -> torch.Tensor:
+    """S (Q, G) float64 from cosine scores (Q, G) and logsumexp_b(T·s(b,g)) (G,)."""
+    logits = temperature * scores
+    return scores * torch.exp(logits - torch.logaddexp(bank_lse[None, :], logits))
+
+
+def ranked_scores(scores: torch.Tensor, bank_lse: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log S where s > 0, else -1000 + S: the same order as S, (Q, G) float64."""
+    logits = temperature * scores
+    log_score = torch.log(scores.clamp(min=1e-300)) + logits - torch.logaddexp(bank_lse[None, :], logits)
+    return torch.where(scores > 0, log_score, NON_POSITIVE + dual_softmax_scores(scores, bank_lse, temperature))
+
+
+class DualSoftmax:
+    def __init__(self, name: str, transductive: bool):
+        self.name, self.transductive = name, transductive
+        self.needs_bank = not transductive
+        self.summary = ("dual softmax (Cheng et al. 2021): s times the softmax of T s over the bank and the query"
+                        + (", the evaluated queries as bank" if transductive else ""))
+
+    def settings(self, problem: Problem) -> list[dict]:
+        return [{"temperature": t} for t in TEMPERATURES]
+
+    def scoring(self, problem: Problem, setting: dict) -> Scoring:
+        bank = problem.transductive_bank if self.transductive else problem.bank
+        lse, _ = kernels.bank_statistics(bank.float(), problem.emb.gallery.float(), setting["temperature"], 1)
+        return dense_scoring(problem, self.name, ranked_scores(cosine_scores(problem), lse.double(),
+                                                               setting["temperature"]))
+
+
+SIMILARITIES.register("dual-softmax")(DualSoftmax("dual-softmax", transductive=False))
+SIMILARITIES.register("dual-softmax-transductive")(DualSoftmax("dual-softmax-transductive", transductive=True))
