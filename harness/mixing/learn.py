@@ -22,15 +22,37 @@ LEARN_LR = 0.05
 LEARN_BATCH = 1024
 
 
-def target_rows(part: Part, reference: str = "remove") -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, gallery index of each row's target) of the part's queries whose target
-    is in the gallery and is not the item their ranking leaves out (`reference`)."""
-    index = {g: i for i, g in enumerate(part.gallery_ids)}
-    queries = part.data.queries
-    pairs = [(row, index[q.target]) for row, (q, removed) in enumerate(zip(queries, excluded_items(queries, reference)))
-             if q.target is not None and q.target != removed and q.target in index]
+def target_pairs(queries, index: dict[str, int], removed) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, gallery index of each row's target) of the queries whose target is in the
+    gallery (`index`) and is not the item their ranking leaves out (`removed`, per query)."""
+    pairs = [(row, index[q.target]) for row, (q, item) in enumerate(zip(queries, removed, strict=True))
+             if q.target is not None and q.target != item and q.target in index]
     rows, targets = zip(*pairs) if pairs else ((), ())
     return torch.tensor(rows, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+
+def target_rows(part: Part, reference: str = "remove") -> tuple[torch.Tensor, torch.Tensor]:
+    """`target_pairs` of the part's queries, the removed item by `reference`."""
+    queries = part.data.queries
+    return target_pairs(queries, {g: i for i, g in enumerate(part.gallery_ids)}, excluded_items(queries, reference))
+
+
+def adam_fit(parameter: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], count: int, seed: int,
+             steps: int, lr: float, batch: int) -> tuple[list[float], float]:
+    """Adam on `parameter` for `steps` steps, each on the loss of `loss_of(rows)` for a
+    fresh seeded sample of at most `batch` of `count` rows (all of them when fewer):
+    (the loss per step, seconds)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam([parameter], lr=lr)
+    curve, started = [], time.perf_counter()
+    for _ in range(steps):
+        take = torch.randperm(count, generator=generator)[:batch] if count > batch else torch.arange(count)
+        loss = loss_of(take)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        curve.append(loss.item())
+    return curve, time.perf_counter() - started
 
 
 def learn_weights(part: Part, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -43,21 +65,13 @@ def learn_weights(part: Part, loss_fn: Callable[[torch.Tensor, torch.Tensor], to
         raise HarnessError(f"--mix learn: no tuning query of {part.split} has its target in the gallery")
     stacked = torch.stack([p[rows] for p in part.parts])  # (3, N, D)
     targets = part.gallery[target_index].float()
-    generator = torch.Generator().manual_seed(seed)
     theta = torch.zeros(3, requires_grad=True)
-    optimizer = torch.optim.Adam([theta], lr=lr)
-    curve = []
-    started = time.perf_counter()
-    for _ in range(steps):
-        take = (torch.randperm(len(rows), generator=generator)[:batch] if len(rows) > batch
-                else torch.arange(len(rows)))
-        weights = torch.softmax(theta, dim=0)
-        query = F.normalize(torch.einsum("k,knd->nd", weights, stacked[:, take]), dim=-1)
-        loss = loss_fn(query, targets[take])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        curve.append(loss.item())
+
+    def loss_of(take: torch.Tensor) -> torch.Tensor:
+        query = F.normalize(torch.einsum("k,knd->nd", torch.softmax(theta, dim=0), stacked[:, take]), dim=-1)
+        return loss_fn(query, targets[take])
+
+    curve, seconds = adam_fit(theta, loss_of, len(rows), seed, steps, lr, batch)
     weights = torch.softmax(theta.detach(), dim=0)
     return {
         "weights": weights.tolist(),
@@ -66,5 +80,5 @@ def learn_weights(part: Part, loss_fn: Callable[[torch.Tensor, torch.Tensor], to
         "optimizer": "Adam, theta from 0 (uniform weights)",
         "loss_first": curve[0], "loss_last": curve[-1],
         "loss_curve": curve[:: max(1, steps // 20)],
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }

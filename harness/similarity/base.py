@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from harness.core.errors import HarnessError
 from harness.core.registry import Registry
 from harness.evaluation.embed import SplitEmbeddings
 from harness.suites.base import SplitData
@@ -29,10 +30,9 @@ class Problem:
     seed: int
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # the run's contrastive loss
 
-    @property
-    def transductive_bank(self) -> torch.Tensor:
-        """The evaluated queries themselves, for the methods named "-transductive"."""
-        return self.emb.composed.float()
+    def bank_for(self, transductive: bool) -> torch.Tensor:
+        """The query bank, or the evaluated queries themselves for a method named "-transductive"."""
+        return self.emb.composed.float() if transductive else self.bank
 
 
 @dataclass(frozen=True)
@@ -67,5 +67,7 @@ def composed_only(emb: SplitEmbeddings, **changes) -> SplitEmbeddings:
     return replace(emb, image=None, text=None, **changes)
 
 
-def single_vector(emb: SplitEmbeddings) -> bool:
-    return emb.composed.ndim == 2 and emb.gallery.ndim == 2
+def check_single_vector(emb: SplitEmbeddings) -> None:
+    if emb.composed.ndim != 2 or emb.gallery.ndim != 2:
+        raise HarnessError("similarity methods need one vector per item: multi-vector features scored by the "
+                           "max over token pairs are not (use --token-pooling mean)")

@@ -30,9 +30,3 @@ def dense_scoring(problem: Problem, name: str, scores: torch.Tensor) -> Scoring:
         raise HarnessError(f"--similarity {name}: queries sharing a pair id (fashioniq-both-orders) are merged "
                            "by averaging their vectors, which a score matrix is not: use the fashioniq suite")
     return Scoring(composed_only(problem.emb, composed=scores.float(), gallery=torch.eye(gallery_size)))
-
-
-def check_single_vector(problem: Problem) -> None:
-    if problem.emb.composed.ndim != 2 or problem.emb.gallery.ndim != 2:
-        raise HarnessError("similarity methods need one vector per item: multi-vector features scored by the "
-                           "max over token pairs are not (use --token-pooling mean)")

@@ -48,8 +48,7 @@ class DualSoftmax:
         return [{"temperature": t} for t in TEMPERATURES]
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
-        bank = problem.transductive_bank if self.transductive else problem.bank
-        lse, _ = kernels.bank_statistics(bank.float(), problem.emb.gallery.float(), setting["temperature"], 1)
+        lse, _ = kernels.bank_statistics(problem.bank_for(self.transductive), problem.emb.gallery.float(), setting["temperature"], 1)
         return dense_scoring(problem, self.name, ranked_scores(cosine_scores(problem), lse.double(),
                                                                setting["temperature"]))
 

@@ -28,13 +28,18 @@ def expanded(vectors: torch.Tensor, gallery: torch.Tensor, exclude: torch.Tensor
     return F.normalize(vectors.float() + torch.einsum("nk,nkd->nd", weights, gallery.float()[top]), dim=-1)
 
 
+def settings_for(problem: Problem) -> list[dict]:
+    """The (k, alpha) grid tuned on the tuning half, k below the gallery's size."""
+    return [dict(s) for s in SETTINGS if s["k"] < problem.emb.gallery.shape[0]]
+
+
 class AlphaQE:
     name = "alpha-qe"
     needs_bank = False
     summary = "alpha query expansion (Radenovic et al. 2018): the query plus its k nearest items, weighted s^alpha"
 
     def settings(self, problem: Problem) -> list[dict]:
-        return [dict(s) for s in SETTINGS if s["k"] < problem.emb.gallery.shape[0]]
+        return settings_for(problem)
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
         query = expanded(problem.emb.composed, problem.emb.gallery, problem.exclude, setting["k"], setting["alpha"])
@@ -47,7 +52,7 @@ class DatabaseAugmentation:
     summary = "database-side augmentation: every item plus its k nearest other items, weighted s^alpha"
 
     def settings(self, problem: Problem) -> list[dict]:
-        return [dict(s) for s in SETTINGS if s["k"] < problem.emb.gallery.shape[0]]
+        return settings_for(problem)
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
         gallery = problem.emb.gallery

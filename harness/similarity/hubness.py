@@ -30,10 +30,6 @@ BETAS = (10.0, 20.0, 30.0, 50.0, 100.0)  # inverted softmax temperatures tuned o
 CSLS_KS = (1, 5, 10, 20, 50)
 
 
-def _bank(problem: Problem, transductive: bool) -> torch.Tensor:
-    return problem.transductive_bank if transductive else problem.bank
-
-
 def inverted_softmax_offset(bank: torch.Tensor, gallery: torch.Tensor, beta: float) -> torch.Tensor:
     """-logsumexp_b(beta·s(b,g)) / beta per gallery item, (G,) float32."""
     lse, _ = kernels.bank_statistics(bank.float(), gallery.float(), beta, 1)
@@ -47,8 +43,6 @@ def csls_offset(bank: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tens
 
 
 class InvertedSoftmax:
-    needs_bank = True
-
     def __init__(self, name: str, transductive: bool):
         self.name, self.transductive = name, transductive
         self.needs_bank = not transductive
@@ -59,7 +53,7 @@ class InvertedSoftmax:
         return [{"beta": beta} for beta in BETAS]
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
-        offset = inverted_softmax_offset(_bank(problem, self.transductive), problem.emb.gallery, setting["beta"])
+        offset = inverted_softmax_offset(problem.bank_for(self.transductive), problem.emb.gallery, setting["beta"])
         return Scoring(composed_only(problem.emb, gallery_offset=offset))
 
 
@@ -71,7 +65,7 @@ class DynamicInvertedSoftmax(InvertedSoftmax):
                         (", the evaluated queries as bank" if transductive else ""))
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
-        bank, gallery = _bank(problem, self.transductive), problem.emb.gallery.float()
+        bank, gallery = problem.bank_for(self.transductive), problem.emb.gallery.float()
         none = torch.full((len(bank),), -1, dtype=torch.long)
         _, bank_nearest = kernels.topk_excluding(bank.float(), gallery, 1, none)
         active = torch.zeros(len(gallery), dtype=torch.bool)
@@ -90,11 +84,10 @@ class Csls:
                         "similarities" + (", the evaluated queries as bank" if transductive else ""))
 
     def settings(self, problem: Problem) -> list[dict]:
-        bank = _bank(problem, self.transductive)
-        return [{"k": k} for k in CSLS_KS if k <= len(bank)]
+        return [{"k": k} for k in CSLS_KS if k <= len(problem.bank_for(self.transductive))]
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
-        offset = csls_offset(_bank(problem, self.transductive), problem.emb.gallery, setting["k"])
+        offset = csls_offset(problem.bank_for(self.transductive), problem.emb.gallery, setting["k"])
         return Scoring(composed_only(problem.emb, gallery_offset=offset))
 
 

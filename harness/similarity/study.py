@@ -19,17 +19,10 @@ from harness.evaluation.intervals import DESCRIPTION, bootstrap, paired
 from harness.evaluation.metrics import percent
 from harness.evaluation.query_subset import query_subset
 from harness.mixing.parts import heldout_halves, ids_sha256
-from harness.similarity.base import SIMILARITIES, Problem, Scoring
-from harness.similarity.dense import check_single_vector
+from harness.similarity.base import SIMILARITIES, Problem, Scoring, check_single_vector
 
 COSINE = "cosine"
 DISAGREEMENT_ROWS = 5  # queries shown where the methods' headline values differ most
-
-
-def headline(protocol, metrics: Sequence[str]) -> str:
-    """The metric hyperparameters are tuned for: the protocol's, else R@1."""
-    name = protocol.headline_metric
-    return name if name in metrics else "R@1"
 
 
 def half_values(protocol, rules, data, scoring: Scoring, rows: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -68,11 +61,11 @@ class Study:
 
     def __init__(self, protocol, rules, problem: Problem, eval_rows: list[int]):
         self.protocol, self.rules, self.problem, self.eval_rows = protocol, rules, problem, eval_rows
+        self.key = protocol.headline_metric  # what hyperparameters are tuned for
         self.cosine: dict[str, torch.Tensor] | None = None
         self.per_query: dict[str, list[float]] = {}
         self.scorings: dict[str, tuple[Problem, Scoring]] = {}
         self.rows: list[dict] = []
-        self.key = "R@1"
 
     def add(self, name: str, problem: Problem, label: str) -> None:
         method = SIMILARITIES.get(name)
@@ -99,9 +92,8 @@ def make_problem(data, emb, exclude, bank, seed: int, loss) -> tuple[Problem, li
     if not tune_rows or not eval_rows:
         raise HarnessError(f"--similarity needs at least two queries to tune on one half and report on the "
                            f"other; {data.suite}/{data.split} has {len(data.queries)}")
-    problem = Problem(data, emb, exclude, bank, tuple(tune_rows), seed, loss)
-    check_single_vector(problem)
-    return problem, eval_rows
+    check_single_vector(emb)
+    return Problem(data, emb, exclude, bank, tuple(tune_rows), seed, loss), eval_rows
 
 
 def run_study(methods: Sequence[str], protocol, rules, problem: Problem, eval_rows: list[int],
@@ -110,16 +102,15 @@ def run_study(methods: Sequence[str], protocol, rules, problem: Problem, eval_ro
     the run mixes, each method then also scored on them."""
     started = time.perf_counter()
     study = Study(protocol, rules, problem, eval_rows)
-    probe = half_values(protocol, rules, problem.data, SIMILARITIES.get(COSINE).scoring(problem, {}), eval_rows[:1])
-    study.key = headline(protocol, list(probe))
-    for name in (COSINE, *[m for m in methods if m != COSINE]):
+    ordered = [COSINE, *[m for m in methods if m != COSINE]]  # cosine first: every row is paired with it
+    for name in ordered:
         study.add(name, problem, name)
     if mixed is not None:
         mixed_problem = replace(problem, emb=replace(problem.emb, composed=mixed[1]))
-        for name in (COSINE, *[m for m in methods if m != COSINE]):
+        for name in ordered:
             study.add(name, mixed_problem, f"mixed + {name}")
     return {
-        "methods": [COSINE, *[m for m in methods if m != COSINE]],
+        "methods": ordered,
         "headline": study.key,
         "metrics": list(study.rows[0]["metrics"]),
         "bank": bank_record,
@@ -149,14 +140,17 @@ def disagreement(study: Study, eval_rows: list[int]) -> list[dict]:
     chosen = [j for j in sorted(range(len(eval_rows)), key=lambda j: (-spread[j].item(), j))[:DISAGREEMENT_ROWS]
               if spread[j] > 0]
     rows = [eval_rows[j] for j in chosen]
+    if not rows:
+        return []
     out = [{"pair_id": study.problem.data.queries[r].pair_id, "caption": study.problem.data.queries[r].caption,
             "reference": study.problem.data.queries[r].reference, "target": study.problem.data.queries[r].target,
             "metric": study.key, "methods": {}} for r in rows]
     for label, (problem, scoring) in study.scorings.items():
-        fallback = scoring.fallback_rows
-        for n, (r, j) in enumerate(zip(rows, chosen)):
-            emb = scoring.fallback if fallback is not None and bool(fallback[r]) else scoring.emb
-            record = study.protocol.query_records(*query_subset(problem.data, emb, [r]), study.rules)[0]
+        records = study.protocol.query_records(*query_subset(problem.data, scoring.emb, rows), study.rules)
+        if scoring.fallback is not None:
+            other = study.protocol.query_records(*query_subset(problem.data, scoring.fallback, rows), study.rules)
+            records = [o if bool(scoring.fallback_rows[r]) else m for r, m, o in zip(rows, records, other)]
+        for n, (j, record) in enumerate(zip(chosen, records)):
             composed = record["methods"][COMPOSED]
             out[n]["methods"][label] = {"value": per_query[label][j], "target_rank": composed.get("target_rank"),
                                         "top": composed["top"][:5]}

@@ -10,9 +10,8 @@ same as the positive, and the positive's score.
    tl.dot and compares it against the positives' scores in registers. The Q x G
    score matrix never reaches memory: the only writes are Q x P counts.
 
-Each pass is a thin kernel over one body (`_positive_scores`, `_rank_counts`): the
-kernel without score offsets keeps its signature, and `_*_offset_kernel` takes an
-offset (G,) whose entries both passes add to their tiles (`tiles._add_offset`).
+With HAS_OFFSET, both passes add each item's score offset (G,) to their tiles
+(`tiles._add_offset`); without it, offset_ptr is a stand-in they never read.
 """
 
 from __future__ import annotations
@@ -33,43 +32,6 @@ from kernels.triton_ops.tiles import (
 
 @triton.jit
 def _positive_scores_kernel(
-    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, pos_ptr, out_ptr,
-    num_queries, num_gallery, dim, num_copy_groups,
-    stride_qm, stride_qd, stride_gn, stride_gd,
-    num_groups,
-    P: tl.constexpr, P_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
-):
-    """Pass 1 without score offsets (`_positive_scores`; the copy scores stand in for
-    the offsets it never reads)."""
-    _positive_scores(
-        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, copy_score_ptr, pos_ptr, out_ptr,
-        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd, num_groups,
-        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, False,
-    )
-
-
-@triton.jit
-def _positive_scores_offset_kernel(
-    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, out_ptr,
-    num_queries, num_gallery, dim, num_copy_groups,
-    stride_qm, stride_qd, stride_gn, stride_gd,
-    num_groups,
-    P: tl.constexpr, P_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
-):
-    """Pass 1 with a score offset per gallery item, offset (G,) fp32 (`_positive_scores`)."""
-    _positive_scores(
-        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, out_ptr,
-        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd, num_groups,
-        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, True,
-    )
-
-
-@triton.jit
-def _positive_scores(
     q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, out_ptr,
     num_queries, num_gallery, dim, num_copy_groups,
     stride_qm, stride_qd, stride_gn, stride_gd,
@@ -124,45 +86,6 @@ def _positive_scores(
 
 @triton.jit
 def _rank_count_kernel(
-    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, pos_ptr, pos_score_ptr, exclude_ptr, greater_ptr, equal_ptr,
-    num_queries, num_gallery, dim, num_copy_groups,
-    stride_qm, stride_qd, stride_gn, stride_gd,
-    num_gallery_blocks, num_splits,
-    P: tl.constexpr, P_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
-):
-    """Pass 2 without score offsets (`_rank_counts`)."""
-    _rank_counts(
-        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, copy_score_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
-        greater_ptr, equal_ptr, num_queries, num_gallery, dim, num_copy_groups,
-        stride_qm, stride_qd, stride_gn, stride_gd, num_gallery_blocks, num_splits,
-        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, False,
-    )
-
-
-@triton.jit
-def _rank_count_offset_kernel(
-    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
-    greater_ptr, equal_ptr,
-    num_queries, num_gallery, dim, num_copy_groups,
-    stride_qm, stride_qd, stride_gn, stride_gd,
-    num_gallery_blocks, num_splits,
-    P: tl.constexpr, P_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
-):
-    """Pass 2 with a score offset per gallery item, offset (G,) fp32 (`_rank_counts`)."""
-    _rank_counts(
-        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
-        greater_ptr, equal_ptr, num_queries, num_gallery, dim, num_copy_groups,
-        stride_qm, stride_qd, stride_gn, stride_gd, num_gallery_blocks, num_splits,
-        P, P_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES, True,
-    )
-
-
-@triton.jit
-def _rank_counts(
     q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, pos_ptr, pos_score_ptr, exclude_ptr,
     greater_ptr, equal_ptr,
     num_queries, num_gallery, dim, num_copy_groups,
@@ -237,12 +160,12 @@ def positive_scores(launch: Launch, part: torch.Tensor, copies, copy_scores: tor
     computes."""
     num_queries, num_pos = out.shape
     groups = launch.splits()
-    kernel = _positive_scores_kernel if offset is None else _positive_scores_offset_kernel
-    kernel[(launch.num_qb, groups)](
-        part, launch.g, copies.group, copy_scores, *offset_operand(offset, part.device), positives, out,
+    offset_ptr, has_offset = offset_operand(offset, copy_scores)
+    _positive_scores_kernel[(launch.num_qb, groups)](
+        part, launch.g, copies.group, copy_scores, offset_ptr, positives, out,
         num_queries, num_gallery, part.shape[1], copies.count, *launch.strides, groups,
         P=num_pos, P_PAD=max(2, triton.next_power_of_2(num_pos)), HAS_COPIES=copies.present,
-        **launch.constants(),
+        HAS_OFFSET=has_offset, **launch.constants(),
     )
 
 
@@ -271,12 +194,12 @@ def target_rank_counts(
     # Same tiles, same warps in both passes: pass 1's scores are pass 2's bits.
     positive_scores(launch, launch.q, copies, copies.scores, positives, pos_scores, num_gallery, offset)
     splits = launch.splits()
-    kernel = _rank_count_kernel if offset is None else _rank_count_offset_kernel
-    kernel[(launch.num_qb, splits)](
-        launch.q, launch.g, copies.group, copies.scores, *offset_operand(offset, device), positives, pos_scores,
+    offset_ptr, has_offset = offset_operand(offset, copies.scores)
+    _rank_count_kernel[(launch.num_qb, splits)](
+        launch.q, launch.g, copies.group, copies.scores, offset_ptr, positives, pos_scores,
         exclude, greater, equal, num_queries, num_gallery, launch.q.shape[1], copies.count, *launch.strides,
         launch.num_gb, splits,
         P=shape[1], P_PAD=max(2, triton.next_power_of_2(shape[1])), HAS_COPIES=copies.present,
-        **launch.constants(),
+        HAS_OFFSET=has_offset, **launch.constants(),
     )
     return greater.long(), equal.long(), pos_scores

@@ -144,20 +144,18 @@ def _add_offset(acc, offset_ptr, cols, num_gallery, HAS_OFFSET: tl.constexpr):
     """The (BLOCK_Q, BLOCK_G) tile plus each column's score offset (fp32, one rounding:
     `kernels/offsets.py`), after copies took their group's score; as is without one.
     Every kernel adds it to the tile `_score_tile` gave it, so pass 1's positive
-    scores stay pass 2's bits. Each kernel comes in two: without offsets (its
-    signature as before) and `_*_offset_kernel` with an offset_ptr after copy_score_ptr,
-    both running one body that takes HAS_OFFSET."""
+    scores stay pass 2's bits."""
     if HAS_OFFSET:
         acc = acc + tl.load(offset_ptr + cols, mask=cols < num_gallery, other=0.0)[None, :]
     return acc
 
 
-def offset_operand(offset: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The operands an offset adds to a launch: () without one (the kernel without
-    offsets runs), else (offset as a contiguous fp32 (G,) tensor,)."""
+def offset_operand(offset: torch.Tensor | None, stand_in: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(offset_ptr, HAS_OFFSET) of a launch: the offset as a contiguous fp32 (G,) tensor on
+    `stand_in`'s device, or `stand_in` (an fp32 tensor the kernel then never reads)."""
     if offset is None:
-        return ()
-    return (offset.to(device=device, dtype=torch.float32).contiguous(),)
+        return stand_in, False
+    return offset.to(device=stand_in.device, dtype=torch.float32).contiguous(), True
 
 
 def check_device(query: torch.Tensor, gallery: torch.Tensor) -> None:

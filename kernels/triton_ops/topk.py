@@ -7,8 +7,7 @@ they beat its K-th best, so most tiles cost a row max and are never sorted. Each
 program writes K_PAD keys per query; a torch top-k over the (Q, splits * K_PAD)
 keys merges them and decodes scores and indices. Writes Q x splits x K_PAD x 8
 bytes instead of the 4 x Q x G bytes of a materialised score matrix.
-`_topk_kernel` and `_topk_offset_kernel` (a score offset per item added to each
-tile, `tiles._add_offset`) run one body, `_topk`."""
+With HAS_OFFSET, each item's score offset is added to the tile (`tiles._add_offset`)."""
 
 from __future__ import annotations
 
@@ -38,44 +37,6 @@ def _score_keys(scores, cols):
 
 @triton.jit
 def _topk_kernel(
-    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, exclude_ptr, out_ptr,
-    num_queries, num_gallery, dim, num_copy_groups,
-    stride_qm, stride_qd, stride_gn, stride_gd,
-    num_gallery_blocks, num_splits,
-    K_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
-):
-    """`_topk` without score offsets (the copy scores stand in for the offsets it never reads)."""
-    _topk(
-        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, copy_score_ptr, exclude_ptr, out_ptr,
-        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
-        num_gallery_blocks, num_splits, K_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
-        False,
-    )
-
-
-@triton.jit
-def _topk_offset_kernel(
-    q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, exclude_ptr, out_ptr,
-    num_queries, num_gallery, dim, num_copy_groups,
-    stride_qm, stride_qd, stride_gn, stride_gd,
-    num_gallery_blocks, num_splits,
-    K_PAD: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr, S_TOK: tl.constexpr, T_TOK: tl.constexpr, HAS_COPIES: tl.constexpr,
-):
-    """`_topk` with a score offset per gallery item, offset (G,) fp32."""
-    _topk(
-        q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, exclude_ptr, out_ptr,
-        num_queries, num_gallery, dim, num_copy_groups, stride_qm, stride_qd, stride_gn, stride_gd,
-        num_gallery_blocks, num_splits, K_PAD, BLOCK_Q, BLOCK_G, BLOCK_D, PRECISION, S_TOK, T_TOK, HAS_COPIES,
-        True,
-    )
-
-
-@triton.jit
-def _topk(
     q_ptr, g_ptr, copy_group_ptr, copy_score_ptr, offset_ptr, exclude_ptr, out_ptr,
     num_queries, num_gallery, dim, num_copy_groups,
     stride_qm, stride_qd, stride_gn, stride_gd,
@@ -155,11 +116,11 @@ def topk_excluding(
     splits = launch.splits()
     keys = torch.empty((num_queries, splits, k_pad), dtype=torch.int64, device=launch.q.device)
     copies = copies_of(gallery, gallery, (query,))
-    kernel = _topk_kernel if offset is None else _topk_offset_kernel
-    kernel[(launch.num_qb, splits)](
-        launch.q, launch.g, copies.group, copies.scores, *offset_operand(offset, launch.q.device), exclude, keys,
+    offset_ptr, has_offset = offset_operand(offset, copies.scores)
+    _topk_kernel[(launch.num_qb, splits)](
+        launch.q, launch.g, copies.group, copies.scores, offset_ptr, exclude, keys,
         num_queries, num_gallery, launch.q.shape[1], copies.count, *launch.strides, launch.num_gb, splits,
-        K_PAD=k_pad, HAS_COPIES=copies.present, **launch.constants(),
+        K_PAD=k_pad, HAS_COPIES=copies.present, HAS_OFFSET=has_offset, **launch.constants(),
     )
     # Merge: keys are unique (they hold the index), so top-k has no ties to break;
     # there are at least k real keys, so no sentinel is picked.
