@@ -248,3 +248,50 @@ def test_image_set_scores_carry_the_offset(cirr_problem):
     shifted, _ = subset_scores_of(problem.emb.composed[:50], problem.emb.gallery, labels, offset)
     members = labels.members.clamp(min=0)
     assert torch.equal(shifted[valid], (plain + offset[members])[valid])
+
+
+def test_dual_softmax_transductive_is_camoes_prior_over_the_evaluated_queries(cirr_problem):
+    """CAMoE's DSL.py: s * softmax(s / temp, dim=0) over the evaluated queries, the query among them once."""
+    problem, _ = cirr_problem
+    s = cosine64(problem)[:300, :50]
+    t = 30.0
+    camoe = s * torch.softmax(t * s, dim=0)
+    ranked = ranked_scores(s, torch.logsumexp(t * s, dim=0), t, with_query=False)
+    positive = s > 0
+    assert torch.allclose(ranked[positive].exp(), camoe[positive], rtol=1e-9, atol=0)
+    scored = SIMILARITIES.get("dual-softmax-transductive").scoring(problem, {"temperature": t}).emb.composed
+    full = cosine64(problem)
+    expected = ranked_scores(full, torch.logsumexp(t * full, dim=0), t, with_query=False).float()
+    assert torch.allclose(scored, expected, rtol=0, atol=1e-4)  # the bank statistics read fp32 scores
+
+
+def test_k_reciprocal_gallery_encodings_follow_the_papers_algorithm():
+    """Zhong et al. 2017, Algorithm 1 and eq. 7-10 on the gallery alone (written here from
+    the paper, loop by loop): k-reciprocal sets, their expansion by the half-size sets of
+    their members, exp(-d) weights, local query expansion over the k2 nearest."""
+    from harness.similarity.k_reciprocal import gallery_encodings, squared_distances
+
+    generator = torch.Generator().manual_seed(3)
+    gallery = F.normalize(torch.randn(60, 8, generator=generator), dim=-1)
+    k1, k2 = 6, 3
+    d = squared_distances(gallery, gallery)
+    d = d / d.max(dim=1, keepdim=True).values
+    order = torch.argsort(d, dim=1, stable=True).tolist()
+
+    def reciprocal(i: int, k: int) -> set[int]:
+        return {j for j in order[i][: k + 1] if i in order[j][: k + 1]}
+
+    expected = torch.zeros(60, 60, dtype=torch.float64)
+    for i in range(60):
+        core = reciprocal(i, k1)
+        members = set(core)
+        for candidate in core:
+            half = reciprocal(candidate, round(k1 / 2))
+            if len(half & core) > 2 / 3 * len(half):
+                members |= half
+        index = sorted(members)
+        weights = torch.exp(-d[i, index])
+        expected[i, index] = weights / weights.sum()
+    expected = torch.stack([expected[order[i][:k2]].mean(0) for i in range(60)])
+    encodings, _, _ = gallery_encodings(gallery, k1, k2)
+    assert torch.allclose(encodings, expected, rtol=0, atol=1e-12)

@@ -3,17 +3,19 @@ they are scored exactly by the retrieval core (`kernels.target_rank_counts(...,
 offset=)`), the bank's statistics in one pass (`kernels.bank_statistics`).
 
 - `inverted-softmax` (querybank normalisation, Bogolin et al., CVPR 2022, "Cross Modal
-  Retrieval with Querybank Normalisation", their eq. for IS): exp(beta·s(q,g)) /
-  sum over bank b of exp(beta·s(b,g)); per query this ranks as
-  s(q,g) - logsumexp_b(beta·s(b,g)) / beta, the offset.
-- `dynamic-inverted-softmax` (the same paper's DIS): the activation set is every
-  gallery item that is some bank query's nearest; a query whose own nearest item
-  (cosine, its removed item left out) is in the set is scored with the offset, any
-  other query by cosine.
-- `csls` (Conneau et al., ICLR 2018, "Word translation without parallel data"):
-  2·s(q,g) - r_bank(g) - r_gallery(q), r_bank(g) the mean of g's k largest
-  similarities to the bank; r_gallery(q) is the same for every item of a query's
-  ranking, so it ranks as s(q,g) - r_bank(g) / 2, the offset.
+  Retrieval with Querybank Normalisation"; ioanacroi/qb-norm dynamic_inverted_softmax.py
+  lines 20-31, `qb_norm`: exp(beta·s) divided by the bank's column sums of exp(beta·s),
+  beta 20 by default): per query this ranks as s(q,g) - logsumexp_b(beta·s(b,g)) / beta,
+  the offset.
+- `dynamic-inverted-softmax` (the same file, lines 7-18 and 26-30): the activation set
+  is every gallery item that is some bank query's nearest (their k = 1, the default);
+  a query whose own nearest item (cosine, its removed item left out) is in the set is
+  scored with the offset, any other query by cosine.
+- `csls` (Conneau et al., ICLR 2018, "Word translation without parallel data";
+  facebookresearch/MUSE src/evaluation/word_translation.py, the `csls_knn_` branch of
+  get_word_translation_accuracy): 2·s(q,g) - r_bank(g) - r_gallery(q), r_bank(g) the
+  mean of g's k largest similarities to the bank; r_gallery(q) is the same for every
+  item of a query's ranking, so it ranks as s(q,g) - r_bank(g) / 2, the offset.
 
 Each also comes as "<name>-transductive": the bank is the evaluated queries
 themselves, as several text-video papers use it; never the default.

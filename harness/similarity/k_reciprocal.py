@@ -1,5 +1,8 @@
 """`k-reciprocal` re-ranking (Zhong, Zheng, Cao, Li, CVPR 2017, "Re-ranking Person
-Re-identification with k-reciprocal Encoding"): the final distance mixes the original
+Re-identification with k-reciprocal Encoding"; zhunzhong07/person-re-ranking
+python-version/re_ranking_ranklist.py: lines 41-42 the squared distance over each row's
+largest, 52-68 the reciprocal sets, their expansion and weights, 70-75 the local query
+expansion, 84-93 the Jaccard distance and the mix): the final distance mixes the original
 one with a Jaccard distance between k-reciprocal neighbourhoods,
 d* = (1 - lambda)·d_J + lambda·d, scored as -d* (a dense matrix, harness/similarity/dense.py).
 
@@ -36,10 +39,11 @@ def reciprocal_sets(order: torch.Tensor, k: int) -> list[set[int]]:
     return [{j for j in near[i] if i in near[j]} for i in range(len(near))]
 
 
-def expanded(core: set[int], candidates, half_sets: list[set[int]]) -> set[int]:
-    """The paper's expansion: a candidate's half-size set joins when 2/3 of it is in `core`."""
+def expanded(core: set[int], half_sets: list[set[int]]) -> set[int]:
+    """The paper's expansion: the half-size set of each member of `core` joins when 2/3 of
+    it is in `core`."""
     out = set(core)
-    for c in candidates:
+    for c in core:
         half = half_sets[c]
         if len(half & core) > 2 / 3 * len(half):
             out |= half
@@ -61,7 +65,7 @@ def gallery_encodings(gallery: torch.Tensor, k1: int, k2: int) -> tuple[torch.Te
     d = d / d.max(dim=1, keepdim=True).values.clamp(min=1e-12)
     order = torch.argsort(d, dim=1, stable=True)
     sets, half_sets = reciprocal_sets(order, k1), reciprocal_sets(order, max(1, round(k1 / 2)))
-    v = torch.stack([encoding(expanded(sets[i], sets[i], half_sets), d[i]) for i in range(len(sets))])
+    v = torch.stack([encoding(expanded(sets[i], half_sets), d[i]) for i in range(len(sets))])
     v = v[order[:, :k2]].mean(dim=1)
     return v, d.gather(1, order[:, k1 : k1 + 1]).squeeze(1), half_sets
 
@@ -80,7 +84,7 @@ def k_reciprocal_scores(query: torch.Tensor, gallery: torch.Tensor, k1: int, k2:
     for i in range(query.shape[0]):
         near = order[i, :k1].tolist()
         core = {g for g in near if bool(wants_query[i, g])}
-        v = encoding(expanded(core, near, half_sets), scaled[i]) if core else torch.zeros_like(scaled[i])
+        v = encoding(expanded(core, half_sets), scaled[i]) if core else torch.zeros_like(scaled[i])
         v = (v + v_gallery[order[i, : k2 - 1]].sum(0)) / k2  # local expansion: the query and its k2 - 1 nearest
         nz = torch.nonzero(v).squeeze(1)
         overlap = torch.minimum(v[nz][None, :], v_gallery[:, nz]).sum(1)
