@@ -49,6 +49,9 @@ FROM_DEFAULT = ["--checkpoint", DEFAULT_CHECKPOINT, "--train", "--recipe", "covr
                 "--epochs", "1", "--max-train-queries", "8000", "--threads", "2"]
 WEBVID = ["--suite", "webvid-covr"]
 WEBVID_CHECKPOINT = f"{OUT}/checkpoints/{run_stem([*DEFAULT, *WEBVID])}"  # seed 0's
+# every similarity method and the mixing sweep, tuned on half of each split, over seeds
+SIMILARITY = ["--similarity", "all", "--mix", "sweep"]
+SIMILARITY_CHECKPOINT = f"{OUT}/checkpoints/{run_stem([*DEFAULT, *SIMILARITY])}"  # seed 0's
 BATCH_16 = [*FROM_DEFAULT, "--batch-size", "16"]
 BATCH_256 = [*FROM_DEFAULT, "--batch-size", "256", "--grad-cache-chunk", "64"]
 
@@ -79,6 +82,13 @@ JOBS: list[tuple[str, list[str]]] = [
     ("batch 256 against batch 16, paired over the same queries",
      ["harness.compare", seeds_file(BATCH_256, THREE), seeds_file(BATCH_16, THREE),
       "--out", f"{OUT}/comparison_batch256_vs_batch16.json"]),
+    ("every similarity method beside cosine, with the mixing sweep, on shapes, seeds 0-2",
+     with_seeds(SIMILARITY, THREE)),
+    ("the similarity methods' cost at CIRR size",
+     ["harness.similarity_timing", "--checkpoint", SIMILARITY_CHECKPOINT, "--repeats", "3", "--threads", "2",
+      "--out", f"{OUT}/similarity_timing_cirr_val_cpu.json"]),
+    *[(f"every similarity method beside cosine, with the mixing sweep, on generated {suite}, seeds 0-2",
+       with_seeds(["--suite", suite, *SIMILARITY], THREE)) for suite in ("fashioniq", "circo", "webvid-covr")],
 ]
 REPORT = ["harness.report", OUT, "--out", "BENCHMARKS.md"]
 

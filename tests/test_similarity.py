@@ -295,3 +295,13 @@ def test_k_reciprocal_gallery_encodings_follow_the_papers_algorithm():
     expected = torch.stack([expected[order[i][:k2]].mean(0) for i in range(60)])
     encodings, _, _ = gallery_encodings(gallery, k1, k2)
     assert torch.allclose(encodings, expected, rtol=0, atol=1e-12)
+
+
+def test_the_cost_benchmark_times_making_and_scoring(cirr_problem):
+    """python -m harness.similarity_timing's rows (timings vary: only their form is checked)."""
+    from harness.similarity_timing import method_row
+
+    problem, _ = cirr_problem
+    row = method_row("csls", problem, repeats=1)
+    assert row["method"] == "csls" and row["setting"] == {"k": 1}
+    assert row["make_seconds"] > 0 and row["score_seconds"] > 0 and len(row["score_repeats"]) == 1

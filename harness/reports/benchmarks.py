@@ -22,6 +22,11 @@ from harness.reports.mixing import mix_timing_section
 from harness.reports.run import run_section
 from harness.reports.scoring import scoring_section
 from harness.reports.seeds import group_by_seed, spread_markdown
+from harness.reports.similarity import (
+    across_suites_section,
+    seeds_similarity,
+    similarity_timing_section,
+)
 from harness.reports.training import train_profile_section, train_step_section, training_table
 
 PREAMBLE = [
@@ -72,7 +77,18 @@ SECTIONS = {
     "mix_timing": mix_timing_section,
     "comparison": comparison_section,
     "train_profile": train_profile_section,
+    "similarity_timing": similarity_timing_section,
 }
+
+
+def similarity_over_seeds(seed_groups: dict[int, list[tuple[Path, dict]]]) -> list[tuple[str, dict]]:
+    """(suite, the similarity study over its seeds) of every recipe run over several seeds with one."""
+    out = []
+    for group in seed_groups.values():
+        studies = [result.get("similarity_study") for _, result in group]
+        if len(group) > 1 and all(studies):
+            out.append((group[0][1]["protocol"]["suite"], seeds_similarity(studies)))
+    return out
 
 
 def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
@@ -83,6 +99,7 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
             out += SECTIONS[result["kind"]](path, result)
         elif index in seed_groups:  # (another seed of a recipe is shown with its first seed)
             out += run_section(path, result, spread_markdown(seed_groups[index]))
+    out += across_suites_section(similarity_over_seeds(seed_groups))
     out += training_table(results)
     out += paper_section()
     return "\n".join(out)

@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.config import RunConfig
-from harness.reports.similarity import seeds_similarity_markdown
+from harness.reports.similarity import seeds_similarity, seeds_similarity_markdown
 
 
 def seedless_key(result: dict) -> tuple | None:
@@ -84,6 +84,8 @@ def spread_markdown(group: list[tuple[Path, dict]]) -> list[str]:
         "",
         *_per_seed_lines(seeds, [r["metrics"] for _, r in group], [r.get("intervals") for _, r in group]),
         "",
+        *(seeds_similarity_markdown(seeds_similarity([r["similarity_study"] for _, r in group]))
+          if all(r.get("similarity_study") for _, r in group) else []),
         "result files: " + ", ".join(f"`{path.as_posix()}`" for path, _ in group),
         "",
     ]

@@ -7,6 +7,8 @@ import statistics
 
 from tabulate import tabulate
 
+from harness.reports.header import section_header
+
 
 def _setting(setting: dict) -> str:
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in setting.items())
@@ -66,3 +68,47 @@ def seeds_similarity_markdown(summary: dict) -> list[str]:
     return [f"Similarity methods over {n} seeds (evaluation half; mean ± sample sd):", "",
             tabulate(rows, headers=["method", *summary["metrics"], f"{key} minus cosine",
                                     f"seeds beyond noise (above / below, of {n})"], tablefmt="github"), ""]
+
+
+def similarity_timing_section(path, result: dict) -> list[str]:
+    """BENCHMARKS.md's section of a `python -m harness.similarity_timing` result."""
+    p, load = result["protocol"], result.get("load_average_1min")
+    rows = [[r["method"], _setting(r["setting"]), r["make_seconds"], r["score_seconds"], r["ratio_to_cosine"]]
+            for r in result["rows"]]
+    return [
+        *section_header(
+            f"Similarity methods' cost, {p['suite']} {p['split']} (real annotations, stand-in images), "
+            f"{result['hardware']['device']}", result, path,
+            machine_note=f"; load average (1 min) {load['before']:.1f} before, {load['after']:.1f} after" if load else "",
+            remark=f"backbone {result['backbone']['name']} ({result['backbone']['checkpoint']})",
+            lines=[f"- {p['queries']} queries over {p['gallery_images']} images; bank: {p['bank']}",
+                   "- make: what the protocol scores (offsets from the bank, re-made vectors, a score matrix; "
+                   "learned-linear: its fit); score: the CIRR protocol's per-query values of every query; "
+                   "ratio: (make + score) / cosine's score; medians of warm repeats, side by side in one process"]),
+        tabulate(rows, headers=["method", "setting", "make s", "score s", "x cosine"], tablefmt="github",
+                 floatfmt=".3f"),
+        "",
+    ]
+
+
+def across_suites_section(summaries: list[tuple[str, dict]]) -> list[str]:
+    """One table over suites: each method's headline difference from cosine (mean ± sd over
+    seeds) and on how many seeds its paired interval lay wholly above / below 0."""
+    if not summaries:
+        return []
+    methods = list(dict.fromkeys(r["method"] for _, s in summaries for r in s["rows"]))
+    columns = [f"{suite}: {s['headline']} minus cosine" for suite, s in summaries]
+    rows = []
+    for method in methods:
+        cells = []
+        for _, s in summaries:
+            row = next((r for r in s["rows"] if r["method"] == method), None)
+            key = s["headline"]
+            cells.append("" if row is None else f"{row['difference_mean'][key]:+.2f} ± {row['difference_sd'][key]:.2f} "
+                                                 f"({row['seeds_above'][key]}↑ {row['seeds_below'][key]}↓ of {s['seeds']})")
+        rows.append([method, *cells])
+    return ["## Similarity methods across suites", "",
+            "Each suite's headline metric on the evaluation half, the method minus cosine on the same queries: "
+            "mean ± sample sd over seeds (each seed one training run), and on how many seeds the paired 95% "
+            "interval lay wholly above (↑) or below (↓) 0. The runs' sections above hold every metric.", "",
+            tabulate(rows, headers=["method", *columns], tablefmt="github"), ""]
