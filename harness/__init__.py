@@ -2,6 +2,7 @@
 
     suites (annotations, images) --> evaluation (embed, cache, score) --> reports
          `--> training (fine-tune) --^        `--> mixing (m = w0 q + w1 t + w2 f)
+                                              `--> similarity (other ways than cosine)
 
 - core/        errors, atomic writes, paths, progress, registry, precision, processes,
                provenance: imports no other harness package;
@@ -13,9 +14,12 @@
                caching, losses, recipes, resumable state: core, suites, backbones;
 - mixing/      the mixed-embedding extension: core, suites, evaluation, kernels,
                training.losses;
+- similarity/  other ways to compare vectors than cosine (hubness corrections, dual
+               softmax, expansion, k-reciprocal, a learned map) and their study: core,
+               suites, evaluation, mixing, kernels, training.losses;
 - reports/     tables from result files only: core, evaluation, config.
 Beside them: run.py (the CLI), config.py (RunConfig and the settings each stage gets),
-pipeline.py (one run, stage by stage), report.py, throughput.py and mix_timing.py
-(entry points). `kernels` imports nothing of the harness, `backbones` only harness.core;
+pipeline.py (one run, stage by stage), report.py, throughput.py, mix_timing.py and
+similarity_timing.py (entry points). `kernels` imports nothing of the harness, `backbones` only harness.core;
 tests/test_structure.py checks all of it.
 """

@@ -26,6 +26,8 @@ ALLOWED = {
     "harness.training": ("harness.core", "harness.suites", "harness.training", "backbones"),
     "harness.mixing": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing", "kernels",
                        "harness.training.losses"),
+    "harness.similarity": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing",
+                           "harness.similarity", "kernels", "harness.training.losses"),
     "harness.reports": ("harness.core", "harness.evaluation", "harness.reports", "harness.config"),
 }
 
