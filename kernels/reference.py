@@ -11,6 +11,7 @@ import torch
 
 from kernels import counting, duplicates, gemm, offsets
 from kernels.dense_counts import rank_counts_dense  # noqa: F401 -- kernels.reference.rank_counts_dense
+from kernels.stable_top import stable_top
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
@@ -265,10 +266,9 @@ def topk_excluding(
         scores = copies.apply(similarity(query[start:stop], gallery), 0, copies.scores(query[start:stop]))
         scores = offsets.add(scores, offset)
         valid = _valid_mask(scores.shape, exclude[start:stop], scores.device)
-        scores = scores.masked_fill(~valid, float("-inf"))
-        v, i = torch.sort(scores, dim=1, descending=True, stable=True)
-        values.append(v[:, :k])
-        indices.append(i[:, :k])
+        v, i = stable_top(scores.masked_fill(~valid, float("-inf")), k)
+        values.append(v)
+        indices.append(i)
     if num_queries == 0:
         return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
     return torch.cat(values), torch.cat(indices)

@@ -140,3 +140,17 @@ def test_mixed_rank_counts_refuse_bad_weights_and_multi_vector():
     with pytest.raises(ValueError, match="single-vector"):
         kernels.mixed_rank_counts((q, q, q), torch.randn(5, 2, 4), torch.ones(1, 3), torch.zeros(3, 1).long(),
                                   torch.full((3,), -1))
+
+
+def test_stable_top_is_the_head_of_the_stable_sort_with_ties_across_the_cut():
+    """kernels/stable_top.py: rows with and without ties at the k-th value, every k."""
+    from kernels.stable_top import stable_top
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (300, 40), generator=generator).float()  # many ties
+    scores[:100] = torch.randn(100, 40, generator=generator)  # rows without ties
+    scores[5, 7] = float("-inf")
+    for k in (0, 1, 3, 10, 40):
+        values, indices = stable_top(scores, k)
+        expected = torch.sort(scores, dim=1, descending=True, stable=True)
+        assert torch.equal(values, expected.values[:, :k]) and torch.equal(indices, expected.indices[:, :k])
