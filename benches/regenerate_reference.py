@@ -52,6 +52,8 @@ WEBVID_CHECKPOINT = f"{OUT}/checkpoints/{run_stem([*DEFAULT, *WEBVID])}"  # seed
 # every similarity method and the mixing sweep, tuned on half of each split, over seeds
 SIMILARITY = ["--similarity", "all", "--mix", "sweep"]
 SIMILARITY_CHECKPOINT = f"{OUT}/checkpoints/{run_stem([*DEFAULT, *SIMILARITY])}"  # seed 0's
+# the second stage: a cross-encoder trained on the first stage's hard negatives, fused with it
+RERANK = ["--rerank", "blip-itm", "--rerank-fusion", "tuned"]
 BATCH_16 = [*FROM_DEFAULT, "--batch-size", "16"]
 BATCH_256 = [*FROM_DEFAULT, "--batch-size", "256", "--grad-cache-chunk", "64"]
 
@@ -89,6 +91,8 @@ JOBS: list[tuple[str, list[str]]] = [
       "--out", f"{OUT}/similarity_timing_cirr_val_cpu.json"]),
     *[(f"every similarity method beside cosine, with the mixing sweep, on generated {suite}, seeds 0-2",
        with_seeds(["--suite", suite, *SIMILARITY], THREE)) for suite in ("fashioniq", "circo", "webvid-covr")],
+    ("two stages: blip-itm trained on hard negatives re-ranks the default run's top 50, seeds 0-2",
+     with_seeds(RERANK, THREE)),
 ]
 REPORT = ["harness.report", OUT, "--out", "BENCHMARKS.md"]
 

@@ -3,6 +3,7 @@
     suites (annotations, images) --> evaluation (embed, cache, score) --> reports
          `--> training (fine-tune) --^        `--> mixing (m = w0 q + w1 t + w2 f)
                                               `--> similarity (other ways than cosine)
+                                              `--> rerank (a cross-encoder over the top K)
 
 - core/        errors, atomic writes, paths, progress, registry, precision, processes,
                provenance: imports no other harness package;
@@ -17,6 +18,10 @@
 - similarity/  other ways to compare vectors than cosine (hubness corrections, dual
                softmax, expansion, k-reciprocal, a learned map) and their study: core,
                suites, evaluation, mixing, kernels, training.losses;
+- rerank/      two-stage retrieval: re-rankers (blip-itm, blip2-itm), the first stage's
+               top K, the final ranking as the protocol scores it, hard-negative
+               training through the fine-tuning loop: core, suites, evaluation, mixing,
+               similarity, training, kernels, backbones;
 - reports/     tables from result files only: core, evaluation, config.
 Beside them: run.py (the CLI), config.py (RunConfig and the settings each stage gets),
 pipeline.py (one run, stage by stage), report.py, throughput.py, mix_timing.py and

@@ -13,12 +13,14 @@ from harness.core.errors import HarnessError
 from harness.core.precision import PRECISIONS
 from harness.evaluation.protocols.base import ScoringRules
 from harness.mixing.modes import MixSettings, parse_modes
+from harness.rerank import RERANKERS, RerankSettings
+from harness.rerank.base import NO_FUSION, TUNED_FUSION
 from harness.similarity.bank import resolve_bank
 from harness.similarity.settings import SimilaritySettings, parse_methods
 from harness.suites import SUITES
 from harness.training.iterate import ITERATE
 from harness.training.losses import LOSSES
-from harness.training.recipes import RECIPES, SCHEDULES, default_recipe
+from harness.training.recipes import RECIPES, RERANK_LR, SCHEDULES, default_recipe
 from harness.training.settings import TrainSettings
 
 _TINY = RECIPES["tiny"]
@@ -88,6 +90,16 @@ class RunConfig:
     similarity: tuple[str, ...] = ()  # method names; () = cosine only, no study
     similarity_bank: str = "auto"  # the hubness corrections' query bank: a split, auto (train, else another), none
     similarity_bank_max_queries: int | None = 2000  # cap on the bank's queries (seeded subsample)
+    # two-stage retrieval (harness/rerank); at these defaults left out of the hash
+    rerank: str | None = None  # re-ranker name; None = the first stage only
+    rerank_k: int = 50  # candidates per query
+    rerank_checkpoint: str | None = None  # a directory a re-ranker saved; None: the backbone's weights
+    rerank_fusion: str = "none"  # "none", "tuned" or an alpha in [0, 1]
+    rerank_train: bool | None = None  # None: as --train, unless a re-ranker checkpoint is given
+    rerank_negatives: int = 7
+    rerank_epochs: int = 2
+    rerank_batch_size: int = 32
+    rerank_lr: float | None = None  # None: the recipe's (harness/training/recipes.py RERANK_LR)
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> RunConfig:
@@ -122,6 +134,17 @@ class RunConfig:
             values["mix"] = parse_modes(values["mix"])
         if values.get("similarity"):
             values["similarity"] = parse_methods(values["similarity"])
+        if values.get("rerank") is None:
+            given_alone = [f"--{k.replace('_', '-')}" for k, v in given.items()
+                           if k.startswith("rerank_") and v != ADDED_FIELDS[k]]
+            if given_alone:
+                raise HarnessError(f"{', '.join(given_alone)} set(s) the second stage: add --rerank NAME")
+        else:
+            if values.get("rerank_train") is None:
+                values["rerank_train"] = bool(values["train"]) and not values.get("rerank_checkpoint")
+            check_rerank_options(values)
+            if values.get("rerank_lr") is None:
+                values["rerank_lr"] = RERANK_LR[recipe]
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -150,6 +173,12 @@ class RunConfig:
         """The study's settings, the bank's split resolved for `suite` (harness/similarity/bank.py)."""
         return SimilaritySettings(methods=self.similarity, bank=resolve_bank(self.similarity_bank, suite, self.split),
                                   bank_max_queries=self.similarity_bank_max_queries, seed=self.seed)
+
+    def rerank_settings(self) -> RerankSettings:
+        return RerankSettings(reranker=self.rerank, k=self.rerank_k, checkpoint=self.rerank_checkpoint,
+                              fusion=self.rerank_fusion, train=bool(self.rerank_train), negatives=self.rerank_negatives,
+                              epochs=self.rerank_epochs, batch_size=self.rerank_batch_size, lr=self.rerank_lr,
+                              seed=self.seed)
 
     def scoring_rules(self) -> ScoringRules:
         return ScoringRules(convention=self.convention, tie_rule=self.tie_rule, reference=self.reference,
@@ -198,7 +227,27 @@ ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_c
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
                 "video_query_frame": "middle", "video_pooling": "query", "iterate": "rows", "reference": "remove",
                 "token_pooling": "auto", "query_template": "caption", "similarity": (), "similarity_bank": "auto",
-                "similarity_bank_max_queries": 2000}
+                "similarity_bank_max_queries": 2000, "rerank": None, "rerank_k": 50, "rerank_checkpoint": None,
+                "rerank_fusion": "none", "rerank_train": None, "rerank_negatives": 7, "rerank_epochs": 2,
+                "rerank_batch_size": 32, "rerank_lr": None}
 # Fields only some suites take (a suite's `options`), and which.
 SUITE_OPTIONS = {"video_query_frame": "video suites (webvid-covr)", "video_pooling": "video suites (webvid-covr)",
                  "query_template": "circo"}
+
+
+def check_rerank_options(values: dict) -> None:
+    """--rerank and its options, checked before any work."""
+    RERANKERS.get(values["rerank"])  # an unknown name is an error with close matches
+    fusion = values.get("rerank_fusion", NO_FUSION)
+    if fusion not in (NO_FUSION, TUNED_FUSION):
+        try:
+            alpha = float(fusion)
+        except ValueError:
+            alpha = -1.0
+        if not 0.0 <= alpha <= 1.0:
+            raise HarnessError(f"--rerank-fusion takes none, tuned or an alpha between 0 and 1, not {fusion!r}")
+    for name in ("rerank_k", "rerank_negatives", "rerank_epochs", "rerank_batch_size"):
+        if values.get(name, 1) < 1:
+            raise HarnessError(f"--{name.replace('_', '-')} must be at least 1, not {values[name]}")
+    if values["rerank_train"] and values.get("rerank_negatives", 7) >= values.get("rerank_k", 50):
+        raise HarnessError("--rerank-negatives must be below --rerank-k: the negatives come from the top K")

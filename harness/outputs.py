@@ -53,6 +53,12 @@ def protocol_fields(protocol, data: SplitData, rules: ScoringRules, scored: dict
     study = scored.get("similarity_study")
     if study:
         fields["similarity_study"] = f"{', '.join(study['methods'])}; bank {study['bank'].get('split') or 'none'}"
+    rerank = scored.get("rerank")
+    if rerank:
+        fusion = rerank["fusion"]
+        fields["rerank"] = (f"{rerank['reranker']} top {rerank['k']}, fusion {fusion['rule']}"
+                            f"{'' if fusion['alpha'] is None else ' alpha ' + str(fusion['alpha'])}, "
+                            f"weights {str(rerank['checkpoint_sha256'])[:12]}")
     return fields
 
 
@@ -64,6 +70,7 @@ def result_fields(scored: dict) -> dict:
         **({"per_query_file": scored["per_query_file"]} if scored.get("per_query_file") else {}),
         **({"mixing": scored["mixing"]} if scored.get("mixing") else {}),
         **({"similarity_study": scored["similarity_study"]} if scored.get("similarity_study") else {}),
+        **({"rerank": scored["rerank"]} if scored.get("rerank") else {}),
         "server_files": scored["server_files"],
         **({"kernels": scored["kernels"]} if scored.get("kernels") else {}),
     }

@@ -80,6 +80,7 @@ def summarize(config: RunConfig, seeds: list[int], runs: list[dict], argv: list[
             "training_seconds": (r.get("training") or {}).get("seconds"),
             "loss_curve": (r.get("training") or {}).get("loss_curve"),
             "total_seconds": r["timings"]["total_seconds"],
+            **({"rerank": {k: v for k, v in r["rerank"].items() if k != "training"}} if r.get("rerank") else {}),
         } for r in runs],
         "summary": seed_summary([r["metrics"] for r in runs]) if first.get("metrics") else None,
         **({"similarity_study": seeds_similarity([r["similarity_study"] for r in runs])}

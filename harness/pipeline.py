@@ -22,17 +22,24 @@ from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
 from harness.core.precision import resolve_device, resolve_precision
 from harness.core.progress import say
+from harness.evaluation import token_pooling
 from harness.evaluation.embed import SplitEmbeddings, embed_split
 from harness.evaluation.embedding_cache import cached_embed
 from harness.evaluation.fingerprint import fingerprint, model_fields
 from harness.evaluation.fixed_gallery import BEFORE_TRAINING, LOADED, gallery_rule, with_gallery_of
 from harness.evaluation.fixed_gallery import describe as describe_gallery
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
+from harness.evaluation.per_query import write_records
 from harness.evaluation.protocols import PROTOCOLS, resolved
 from harness.mixing import modes
 from harness.mixing.step import mix_step
 from harness.outputs import protocol_fields, result_fields, score, write_outputs
+from harness.rerank import RERANKERS
+from harness.rerank.base import TUNED_FUSION
+from harness.rerank.step import rerank_step
+from harness.rerank.train import train_reranker
 from harness.similarity import settings as similarity_settings
+from harness.similarity.dense import MAX_GALLERY
 from harness.similarity.step import similarity_step
 from harness.suites import SUITES, SplitData
 from harness.suites.captions import CLEANINGS, cleaned
@@ -59,6 +66,8 @@ def preflight(config: RunConfig):
     backbone_entry = BACKBONES.get(config.backbone)
     suite_cls = SUITES.get(config.suite)
     problems: list[str] = []
+    if config.rerank:
+        problems += RERANKERS.get(config.rerank).check(config.rerank, config.backbone)
     try:
         problems += backbone_entry.check(config.load_options())
     except HarnessError as err:
@@ -156,6 +165,62 @@ def fine_tune_and_embed(config: RunConfig, model: Model, data: SplitData, train_
     return embeddings, training, record
 
 
+def check_second_stage(settings, data: SplitData) -> None:
+    """What the second stage refuses, before any work."""
+    if settings.fusion == TUNED_FUSION and not data.has_targets:
+        raise HarnessError(f"--rerank-fusion tuned needs targets to tune on; {data.suite}/{data.split} has none: "
+                           "give a fixed alpha (e.g. --rerank-fusion 0.5, chosen on val) or none")
+    if len(data.gallery) > MAX_GALLERY:
+        raise HarnessError(f"--rerank scores the final ranking as a (queries x gallery) matrix; {data.suite}/"
+                           f"{data.split} has {len(data.gallery)} gallery items, over its limit of {MAX_GALLERY}")
+    if len({q.pair_id for q in data.queries}) != len(data.queries):
+        raise HarnessError("--rerank: queries sharing a pair id (fashioniq-both-orders) are merged by averaging "
+                           "their vectors, which a re-ranked list is not: use the fashioniq suite")
+
+
+def two_stage(config: RunConfig, model: Model, suite, data: SplitData, train_data: SplitData | None, embeddings,
+              protocol, rules, out_dir: Path, stem: str):
+    """The re-ranker (from the first stage's weights or --rerank-checkpoint, fine-tuned on
+    hard negatives when asked), then the second stage (harness/rerank/step.py): (its block,
+    the final ranking's per-query entries); None on a torchrun rank other than 0."""
+    settings = config.rerank_settings()
+    entry = RERANKERS.get(settings.reranker)
+    if settings.checkpoint:
+        reranker = entry.load(settings.reranker, config.backbone, settings.checkpoint, config.seed, model.device)
+    else:
+        reranker = entry.start(settings.reranker, model.backbone)
+    training = None
+    if settings.train:
+        if train_data is None:
+            train_data = cleaned(getattr(suite, "load_training", suite.load)(config.train_split),
+                                 config.caption_cleaning)
+        train_emb = model.embed(train_data)
+        train_emb = distributed.broadcast_from_rank0(
+            None if train_emb is None else token_pooling.pooled(train_emb, rules.token_pooling))
+        checkpoint_dir = out_dir / "checkpoints" / f"{stem}.rerank-{settings.reranker}"
+        training = train_reranker(reranker, settings, config.training(), train_data, train_emb, model.device,
+                                  model.precision, checkpoint_dir, config.eval_batch_size)
+        reranker.saved_to(checkpoint_dir)
+    out = rerank_step(settings, reranker, protocol, rules, data, embeddings, model.device, model.precision,
+                      config.eval_batch_size, out_dir, stem)
+    if out is None:
+        return None
+    out[0]["training"] = training
+    return out
+
+
+def with_second_stage(scored: dict, block: dict, records: list[dict] | None, per_query_path: Path) -> None:
+    """The second stage into a run's scores: its block, the final ranking's server files
+    (the first stage's keep the ".stage1" name) and its entry in every per-query record."""
+    scored["rerank"] = block
+    if block.get("server_files"):
+        scored["server_files"] = block["server_files"]
+    if records and scored.get("records"):
+        for record, entry in zip(scored["records"], records):
+            record["methods"].update(entry["methods"])
+        write_records(per_query_path, scored["records"])
+
+
 def run_loss(config: RunConfig):
     """The run's contrastive loss as a function of (query, target) embeddings."""
     from harness.training.losses import contrastive_loss
@@ -193,13 +258,19 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
         modes.check(mixing, suite, data, model.backbone)
     if config.similarity:
         similarity_settings.check(config.similarity_settings(suite), suite, config.split)
+    if config.rerank:
+        check_second_stage(config.rerank_settings(), data)
     out_dir = Path(config.out)
     stem = result_stem(config)
     embeddings, training, gallery_model = fine_tune_and_embed(config, model, data, train_data, backbone_entry,
                                                               out_dir / "checkpoints" / stem)
+    reranked = two_stage(config, model, suite, data, train_data, embeddings, protocol, rules, out_dir, stem) \
+        if config.rerank else None
     if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
         return None
     scored = score(protocol, data, embeddings, rules, out_dir, stem)
+    if reranked:
+        with_second_stage(scored, *reranked, out_dir / f"{stem}.queries.jsonl")
     if config.save_embeddings:
         from harness.score import save_embeddings
 

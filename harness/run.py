@@ -36,6 +36,7 @@ examples:
   python -m harness.run --suite circo                     # generated CIRCO, zero-shot after shapes training
   python -m harness.run --suite webvid-covr               # generated clips: trained on train, R@K on test
   python -m harness.run --mix sweep learn median max     # mixed embeddings, tuned on half of val
+  python -m harness.run --rerank blip-itm                 # two stages: the top 50 re-ranked by BLIP's ITM head
   python -m harness.run --backbone blip-large --suite circo --data-root /data/CIRCO --split test --no-train
   python -m harness.run --backbone blip-large --suite cirr --data-root /data/CIRR \\
       --train --grad-cache-chunk 64                      # CoVR recipe, batch 1024 on one GPU
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # None means "not given": RunConfig.from_cli fills it from the recipe or defaults.
-    for add_group in (_what_to_run, _fine_tuning, _evaluation, _mixing, _similarity):
+    for add_group in (_what_to_run, _fine_tuning, _evaluation, _mixing, _similarity, _reranking):
         add_group(parser.add_argument)
     return parser
 
@@ -186,6 +187,30 @@ def _similarity(add) -> None:
              "the suite other than the evaluated one, auto (default: train, else another split) or none")
     add("--similarity-bank-max-queries", type=int, metavar="N",
         help="cap on the bank's queries (default 2000, a seeded subsample)")
+
+
+def _reranking(add) -> None:
+    from harness.rerank import RERANKERS
+
+    add("--rerank", metavar="NAME",
+        help="two-stage retrieval: re-score each query's first-stage top K with a cross-encoder that reads the "
+             f"caption with the reference and the candidate together (harness/rerank): {', '.join(RERANKERS.names())}; "
+             "both stages are reported, paired on the same queries")
+    add("--rerank-k", type=int, metavar="K", help="candidates per query from the first stage (default 50)")
+    add("--rerank-checkpoint", metavar="DIR",
+        help="a directory a re-ranker saved (default: start from the backbone's own weights, ITM head included)")
+    add("--rerank-fusion", metavar="none|tuned|ALPHA",
+        help="order the top K by the re-ranker alone (none, the default), by alpha * stage-1 score + "
+             "(1 - alpha) * sigmoid(stage-2 score) with a fixed ALPHA, or with alpha tuned on a seeded half")
+    add("--rerank-train", action=argparse.BooleanOptionalAction,
+        help="fine-tune the re-ranker on the training split's hard negatives (default: when the run fine-tunes "
+             "and no --rerank-checkpoint is given)")
+    add("--rerank-negatives", type=int, help="hard negatives per training query, drawn from its top K (default 7)")
+    add("--rerank-epochs", type=int, help="re-ranker training epochs (default 2)")
+    add("--rerank-batch-size", type=int, help="re-ranker training queries per step (default 32)")
+    add("--rerank-lr", type=float,
+        help="re-ranker learning rate (default: the recipe's, 1e-3 for tiny, 1e-5 for covr as BLIP's COCO "
+             "retrieval fine-tuning)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,9 @@ DENSE_BAND_MIXED = 0.05
 # GEMM's efficiency grows with its size.
 QUERY_TILE = 2048
 GALLERY_TILE = 8192
+# Bytes one float64 rescoring call may hold: a band can take in every pair of a tile
+# (2048 x 8192 pairs; at D = 1024 that would be 256 GB of operands in one call).
+EXACT_CALL_BYTES = 64 << 20
 
 
 def kappa(dim: int, dtype: torch.dtype) -> float:
@@ -192,6 +195,15 @@ def _dense_band(q32, q_lp, g32, g_lp, positives, exclude, margin, copies, own, r
     return inside > DENSE_BAND * tile.numel()
 
 
+def exact_pairs_per_call(query: torch.Tensor, gallery: torch.Tensor) -> int:
+    """How many (row, item) pairs one float64 rescoring call takes: EXACT_CALL_BYTES of
+    operands and products (rows of both sides, and the token-pair products)."""
+    q_tokens = query.shape[1] if query.ndim == 3 else 1
+    g_tokens = gallery.shape[1] if gallery.ndim == 3 else 1
+    per_pair = 8 * ((q_tokens + g_tokens) * query.shape[-1] + q_tokens * g_tokens)
+    return max(1, EXACT_CALL_BYTES // per_pair)
+
+
 def _pairs(query: torch.Tensor, gallery: torch.Tensor) -> int:
     s = query.shape[1] if query.ndim == 3 else 1
     t = gallery.shape[1] if gallery.ndim == 3 else 1
@@ -257,7 +269,11 @@ class _Chunk:
     def _exact(self, row: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """fp32 scores of (row, item) pairs, as the reference has them: a copy takes its
         group's score, any other item one product of its own row."""
-        score = reference.rowwise_similarity(self.q32[row], self.g32[item])
+        score = torch.empty(len(row), device=row.device)
+        step = exact_pairs_per_call(self.q32, self.g32)
+        for start in range(0, len(row), step):  # bounded: a wide band can hold every pair of a tile
+            score[start : start + step] = reference.rowwise_similarity(self.q32[row[start : start + step]],
+                                                                       self.g32[item[start : start + step]])
         groups = self.copies.groups
         if groups is not None:
             group = groups.group[item]

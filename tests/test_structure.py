@@ -28,6 +28,8 @@ ALLOWED = {
                        "harness.training.losses"),
     "harness.similarity": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing",
                            "harness.similarity", "kernels", "harness.training.losses"),
+    "harness.rerank": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing", "harness.similarity",
+                       "harness.training", "harness.rerank", "kernels", "backbones"),
     "harness.reports": ("harness.core", "harness.evaluation", "harness.reports", "harness.config"),
 }
 

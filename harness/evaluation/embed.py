@@ -51,6 +51,10 @@ METHODS = {
 }
 
 
+# The final ranking's entry in each per-query record of a two-stage run (harness/rerank/step.py).
+RERANKED = "re-ranked (stage 2)"
+
+
 def methods_of(emb: SplitEmbeddings) -> dict[str, str]:
     """The results rows `emb` can fill: the composed query and the baselines it holds."""
     return {method: attr for method, attr in METHODS.items() if getattr(emb, attr) is not None}

@@ -14,10 +14,10 @@ from harness.suites.base import SplitData
 # The fields, in the order tables show them.
 FIELDS = ("suite", "split", "reader_version", "gallery", "gallery_images", "gallery_features", "reference_removed",
           "convention", "tie_rule", "caption_cleaning", "query_template", "text_length", "image_size",
-          "interpolation", "precision", "token_pooling", "similarity", "similarity_study")
+          "interpolation", "precision", "token_pooling", "similarity", "similarity_study", "rerank")
 # Fields added after results were published: left out of the hash at these values, so
 # earlier results keep their hashes (None: the field does not apply).
-ADDED_FIELDS = {"query_template": "caption", "token_pooling": None, "similarity_study": None}
+ADDED_FIELDS = {"query_template": "caption", "token_pooling": None, "similarity_study": None, "rerank": None}
 
 
 def model_fields(backbone, similarity: str) -> dict:
@@ -55,6 +55,8 @@ def fingerprint(data: SplitData, protocol_block: dict, model: dict, precision: s
         "similarity": model["similarity"],
         # the methods of the run's similarity study and their bank (harness/similarity), None without one
         "similarity_study": protocol_block.get("similarity_study"),
+        # the second stage (harness/rerank): re-ranker, K, fusion and its weights, None without one
+        "rerank": protocol_block.get("rerank"),
     }
     return {**fields, "hash": fingerprint_hash(fields)}
 

@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.evaluation.embed import RERANKED
 from harness.reports.run import paper_differences, run_summary
 
 THUMBNAIL = 96
@@ -180,6 +181,45 @@ def similarity_section(block: dict, image_of: Callable[[str], object | None]) ->
     return "\n".join(parts)
 
 
+def stage_changes(records: list[dict], first: str, second: str) -> list[tuple[str, list[dict]]]:
+    """(title, records): the queries whose target the second stage moved up the most, and
+    those it moved down the most (1-based ranks; a target outside the gallery skipped)."""
+    moved = [(r["methods"][first]["target_rank"], r["methods"][second]["target_rank"], i, r)
+             for i, r in enumerate(records)
+             if r["methods"][first].get("target_rank") and r["methods"][second].get("target_rank")]
+    fixed = sorted((m for m in moved if m[1] < m[0]), key=lambda m: (m[1] - m[0], m[2]))[:PER_GROUP]
+    broke = sorted((m for m in moved if m[1] > m[0]), key=lambda m: (m[0] - m[1], m[2]))[:PER_GROUP]
+    return [(title, [m[3] for m in group]) for title, group in
+            (("What the second stage fixed (target moved up most)", fixed),
+             ("What the second stage broke (target moved down most)", broke)) if group]
+
+
+def rerank_section(block: dict, records: list[dict], image_of: Callable[[str], object | None]) -> str:
+    """Both stages side by side and, for the queries the second stage changed most, each
+    stage's top 5 on its own row."""
+    parts = ["<h2>Two-stage re-ranking</h2>",
+             f"<p>{html.escape(block['reranker'])} re-scores each query's first-stage top {block['k']}.</p>"]
+    if block.get("stage2"):
+        metrics = list(block["stage2"]["metrics"])
+
+        def paired(pair: dict) -> str:
+            low, high = pair["interval"]
+            return f"{pair['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+        parts.append(table(["", *metrics], [
+            ["stage 1", *(block["stage1"]["metrics"][m] for m in metrics)],
+            ["stage 2", *(block["stage2"]["metrics"][m] for m in metrics)],
+            ["stage 2 minus stage 1 [95%]", *(paired(block["stage2_minus_stage1"][m]) for m in metrics)]]))
+    first = next(iter(records[0]["methods"])) if records else None
+    for title, rows in (stage_changes(records, first, RERANKED) if first else []):
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        for record in rows:
+            for method in (first, RERANKED):
+                parts.append(qualitative_row({**record, "caption": f"{record['caption']} [{method}]",
+                                              "methods": {method: record["methods"][method]}}, image_of))
+    return "\n".join(parts)
+
+
 def qualitative_row(record: dict, image_of: Callable[[str], object | None]) -> str:
     method_name = next(iter(record["methods"]))
     method = record["methods"][method_name]
@@ -223,6 +263,8 @@ def run_html(result: dict, records: list[dict], image_of: Callable[[str], object
                                                 'style="max-width: 100%">']
     if result.get("similarity_study"):
         parts.append(similarity_section(result["similarity_study"], image_of))
+    if result.get("rerank"):
+        parts.append(rerank_section(result["rerank"], records, image_of))
     for group_title, rows in qualitative_groups(records, result.get("seed") or 0):
         parts += [f"<h2>{html.escape(group_title)}</h2>", *(qualitative_row(r, image_of) for r in rows)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

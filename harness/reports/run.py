@@ -10,6 +10,7 @@ from harness.evaluation.paper import PAPER_CIRCO, PAPER_CIRR, PAPER_FASHIONIQ, P
 from harness.evaluation.protocols import PROTOCOLS, scoring_of
 from harness.reports.header import section_header
 from harness.reports.mixing import mixing_markdown
+from harness.reports.rerank import rerank_markdown
 from harness.reports.similarity import similarity_markdown
 from harness.reports.training import training_line
 
@@ -82,6 +83,8 @@ def result_markdown(result: dict) -> str:
         parts += ["", *mixing_markdown(result["mixing"])]
     if result.get("similarity_study"):
         parts += ["", *similarity_markdown(result["similarity_study"])]
+    if result.get("rerank"):
+        parts += ["", *rerank_markdown(result["rerank"])]
     if result.get("server_files"):
         parts.append("server files: " + ", ".join(result["server_files"].values()))
     return "\n".join(parts) + "\n"
@@ -105,4 +108,6 @@ def run_section(path: Path, result: dict, seed_lines: list[str]) -> list[str]:
         out += mixing_markdown(result["mixing"], path.parent)
     if result.get("similarity_study"):
         out += similarity_markdown(result["similarity_study"])
+    if result.get("rerank"):
+        out += rerank_markdown(result["rerank"])
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.config import RunConfig
+from harness.reports.rerank import rerank_over_seeds
 from harness.reports.similarity import seeds_similarity, seeds_similarity_markdown
 
 
@@ -86,6 +87,7 @@ def spread_markdown(group: list[tuple[Path, dict]]) -> list[str]:
         "",
         *(seeds_similarity_markdown(seeds_similarity([r["similarity_study"] for _, r in group]))
           if all(r.get("similarity_study") for _, r in group) else []),
+        *rerank_over_seeds([r for _, r in group]),
         "result files: " + ", ".join(f"`{path.as_posix()}`" for path, _ in group),
         "",
     ]
@@ -107,6 +109,7 @@ def seeds_markdown(summary: dict) -> str:
         head, "", tabulate(rows, headers=["method", *columns], tablefmt="github"), "",
         *_per_seed_lines(seeds, [r["metrics"] for r in runs], [r.get("intervals") for r in runs]), "",
         *similarity,
+        *rerank_over_seeds(runs),
         f"whole run per seed (s): {times}",
         "result files: " + ", ".join(r["result_file"] for r in runs), "",
     ])

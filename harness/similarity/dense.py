@@ -20,13 +20,22 @@ def cosine_scores(problem: Problem) -> torch.Tensor:
     return problem.emb.composed.double() @ problem.emb.gallery.double().T
 
 
-def dense_scoring(problem: Problem, name: str, scores: torch.Tensor) -> Scoring:
-    gallery_size = problem.emb.gallery.shape[0]
+def identity_gallery(data, emb, scores: torch.Tensor, what: str):
+    """`emb` (composed only) scoring `scores` (Q, G) through the identity gallery; `what`
+    names the option in the errors (the gallery limit, merged queries)."""
+    gallery_size = emb.gallery.shape[0]
     if gallery_size > MAX_GALLERY:
-        raise HarnessError(f"--similarity {name} scores the whole (queries x gallery) matrix; a gallery of "
-                           f"{gallery_size} items is over its limit of {MAX_GALLERY}: use a hubness "
-                           "correction (inverted-softmax, csls) or a query-side method (alpha-qe, dba) instead")
-    if len({q.pair_id for q in problem.data.queries}) != len(problem.data.queries):
-        raise HarnessError(f"--similarity {name}: queries sharing a pair id (fashioniq-both-orders) are merged "
+        raise HarnessError(f"{what} scores the whole (queries x gallery) matrix; a gallery of "
+                           f"{gallery_size} items is over its limit of {MAX_GALLERY}")
+    if len({q.pair_id for q in data.queries}) != len(data.queries):
+        raise HarnessError(f"{what}: queries sharing a pair id (fashioniq-both-orders) are merged "
                            "by averaging their vectors, which a score matrix is not: use the fashioniq suite")
-    return Scoring(composed_only(problem.emb, composed=scores.float(), gallery=torch.eye(gallery_size)))
+    return composed_only(emb, composed=scores.float(), gallery=torch.eye(gallery_size), gallery_offset=None)
+
+
+def dense_scoring(problem: Problem, name: str, scores: torch.Tensor) -> Scoring:
+    if problem.emb.gallery.shape[0] > MAX_GALLERY:
+        raise HarnessError(f"--similarity {name}: the gallery is over the limit of {MAX_GALLERY} items of a "
+                           "score-matrix method: use a hubness correction (inverted-softmax, csls) or a "
+                           "query-side method (alpha-qe, dba) instead")
+    return Scoring(identity_gallery(problem.data, problem.emb, scores, f"--similarity {name}"))

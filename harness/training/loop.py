@@ -206,6 +206,7 @@ class Trainer:
                                         self.engine.param_dtype, max(plan.local, 64))
         self.pairs = PairEmbedder(backbone, store, data.frames, device, precision, self.engine.param_dtype,
                                   tokens_frozen, target_rows)
+        self.targets_cached = target_rows is not None
         self.state_path = state.state_dir(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress, self.resumed_from = self._resume()
 
@@ -311,7 +312,7 @@ class Trainer:
             loss_curve=self.progress.loss_curve, step_losses=self.progress.step_losses, world_size=plan.world,
             grad_cache_chunk=settings.grad_cache_chunk if len(plan.bounds) > 1 else None,
             engine=f"deepspeed {settings.deepspeed}" if settings.deepspeed else "torch",
-            loss=settings.loss, schedule=settings.schedule, targets_cached=self.pairs.target_rows is not None,
+            loss=settings.loss, schedule=settings.schedule, targets_cached=self.targets_cached,
             iterate=settings.iterate,
             resumed_from_step=self.resumed_from, peak_graph_bytes=max(self.meter.peak, self.progress.peak_graph_bytes),
             rank_parameter_sha256=gather_to_rank0(parameter_sha256(self.trainable)) or [],
@@ -320,13 +321,17 @@ class Trainer:
         self._save(result)
         return result
 
+    def chance_loss(self, batch_size: int) -> tuple[float, str]:
+        """The loss of scoring every candidate alike, and how it is written: the symmetric
+        in-batch loss's 2 ln(batch)."""
+        return 2 * math.log(batch_size), "2 ln(batch)"
+
     def _check_stalled(self, result: TrainResult) -> None:
-        # Chance level of the symmetric loss is 2 ln(batch): every pair scored alike.
-        chance = 2 * math.log(result.batch_size)
+        chance, formula = self.chance_loss(result.batch_size)
         result.stalled = bool(result.loss_curve) and result.loss_curve[-1] > 0.98 * chance
         if result.stalled:
-            say(f"warning: training loss stayed at chance ({result.loss_curve[-1]:.3f} vs 2 ln(batch) = "
-                f"{chance:.3f}): the embeddings collapsed; try a lower --lr or another --seed")
+            say(f"warning: training loss stayed at chance ({result.loss_curve[-1]:.3f} vs {formula} = "
+                f"{chance:.3f}): the model learned nothing; try a lower --lr or another --seed")
 
     def _save(self, result: TrainResult) -> None:
         if self.checkpoint_dir is None:

@@ -75,6 +75,22 @@ def test_counts_equal_the_reference_at_the_band_edges(dtype):
     assert_counts_equal(two_stage.target_rank_counts(q, g, positives, exclude, dtype), expected, torch.float32)
 
 
+def test_a_band_that_takes_in_a_whole_tile_is_rescored_in_bounded_calls(monkeypatch):
+    """Rescoring holds at most EXACT_CALL_BYTES per float64 call, however many pairs a band
+    takes in (the identity gallery of a score matrix can put every pair of a tile there)."""
+    q, g, positives, exclude = band_edge_problem(dtype=torch.bfloat16)
+    expected = reference.target_rank_counts(q, g, positives, exclude)
+    pair_bytes = 8 * (2 * q.shape[1] + 1)  # the operands of both sides and their product
+    monkeypatch.setattr(two_stage, "EXACT_CALL_BYTES", 5 * pair_bytes)
+    calls = []
+    rowwise = reference.rowwise_similarity
+    monkeypatch.setattr(reference, "rowwise_similarity", lambda a, b: calls.append(len(a)) or rowwise(a, b))
+    got = two_stage.target_rank_counts(q, g, positives, exclude, torch.bfloat16)
+    assert_counts_equal(got, expected, torch.float32)
+    # the positives' own scores take one call per query tile (20 rows); every band call takes 5 at most
+    assert max(calls) <= len(q) and sum(n for n in calls if n <= 5) > 200
+
+
 @pytest.mark.parametrize("tiles", [(None, None), (7, 64), (64, 33)])
 @pytest.mark.parametrize("kind", ["random", "integer", "equal", "reference_best"])
 def test_counts_equal_the_reference_for_every_kind_and_tile(kind, tiles):
