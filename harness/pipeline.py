@@ -39,7 +39,7 @@ from harness.rerank.base import TUNED_FUSION
 from harness.rerank.step import rerank_step
 from harness.rerank.train import train_reranker
 from harness.similarity import settings as similarity_settings
-from harness.similarity.dense import MAX_GALLERY
+from harness.similarity.dense import check_score_matrix
 from harness.similarity.step import similarity_step
 from harness.suites import SUITES, SplitData
 from harness.suites.captions import CLEANINGS, cleaned
@@ -170,12 +170,7 @@ def check_second_stage(settings, data: SplitData) -> None:
     if settings.fusion == TUNED_FUSION and not data.has_targets:
         raise HarnessError(f"--rerank-fusion tuned needs targets to tune on; {data.suite}/{data.split} has none: "
                            "give a fixed alpha (e.g. --rerank-fusion 0.5, chosen on val) or none")
-    if len(data.gallery) > MAX_GALLERY:
-        raise HarnessError(f"--rerank scores the final ranking as a (queries x gallery) matrix; {data.suite}/"
-                           f"{data.split} has {len(data.gallery)} gallery items, over its limit of {MAX_GALLERY}")
-    if len({q.pair_id for q in data.queries}) != len(data.queries):
-        raise HarnessError("--rerank: queries sharing a pair id (fashioniq-both-orders) are merged by averaging "
-                           "their vectors, which a re-ranked list is not: use the fashioniq suite")
+    check_score_matrix(data, len(data.gallery), "--rerank (the final ranking)")
 
 
 def two_stage(config: RunConfig, model: Model, suite, data: SplitData, train_data: SplitData | None, embeddings,
@@ -194,9 +189,9 @@ def two_stage(config: RunConfig, model: Model, suite, data: SplitData, train_dat
         if train_data is None:
             train_data = cleaned(getattr(suite, "load_training", suite.load)(config.train_split),
                                  config.caption_cleaning)
-        train_emb = model.embed(train_data)
-        train_emb = distributed.broadcast_from_rank0(
-            None if train_emb is None else token_pooling.pooled(train_emb, rules.token_pooling))
+        train_emb = model.embed(train_data)  # None on a torchrun rank other than 0
+        if train_emb is not None:
+            train_emb = token_pooling.pooled(train_emb, rules.token_pooling)
         checkpoint_dir = out_dir / "checkpoints" / f"{stem}.rerank-{settings.reranker}"
         training = train_reranker(reranker, settings, config.training(), train_data, train_emb, model.device,
                                   model.precision, checkpoint_dir, config.eval_batch_size)

@@ -32,6 +32,7 @@ from harness.core import provenance
 from harness.core.atomic import write_json
 from harness.evaluation.embed import COMPOSED, embed_split
 from harness.evaluation.protocols import PROTOCOLS, ScoringRules
+from harness.evaluation.query_subset import query_subset
 from harness.evaluation.reference_rule import excluded_indices, excluded_items
 from harness.similarity import SIMILARITIES
 from harness.similarity.settings import parse_methods
@@ -60,8 +61,6 @@ def method_row(name: str, problem, repeats: int) -> dict:
     scoring = method.scoring(problem, setting)
 
     def score():
-        from harness.evaluation.query_subset import query_subset
-
         return protocol.query_values(*query_subset(problem.data, scoring.emb, rows), rules)[COMPOSED]
 
     make, make_all = median_seconds(lambda: method.scoring(problem, setting), repeats)

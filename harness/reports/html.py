@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.evaluation.embed import RERANKED
+from harness.reports.rerank import paired_text
 from harness.reports.run import paper_differences, run_summary
 
 THUMBNAIL = 96
@@ -201,15 +202,10 @@ def rerank_section(block: dict, records: list[dict], image_of: Callable[[str], o
              f"<p>{html.escape(block['reranker'])} re-scores each query's first-stage top {block['k']}.</p>"]
     if block.get("stage2"):
         metrics = list(block["stage2"]["metrics"])
-
-        def paired(pair: dict) -> str:
-            low, high = pair["interval"]
-            return f"{pair['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
-
         parts.append(table(["", *metrics], [
             ["stage 1", *(block["stage1"]["metrics"][m] for m in metrics)],
             ["stage 2", *(block["stage2"]["metrics"][m] for m in metrics)],
-            ["stage 2 minus stage 1 [95%]", *(paired(block["stage2_minus_stage1"][m]) for m in metrics)]]))
+            ["stage 2 minus stage 1 [95%]", *(paired_text(block["stage2_minus_stage1"][m]) for m in metrics)]]))
     first = next(iter(records[0]["methods"])) if records else None
     for title, rows in (stage_changes(records, first, RERANKED) if first else []):
         parts.append(f"<h3>{html.escape(title)}</h3>")

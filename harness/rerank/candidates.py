@@ -109,10 +109,10 @@ class VisionTokens:
 
 @torch.no_grad()
 def second_stage(reranker, data: SplitData, gallery_ids: list[str], candidates: Candidates, device,
-                 precision: str, batch_size: int) -> tuple[list[torch.Tensor], dict]:
+                 precision: str, batch_size: int) -> tuple[list[torch.Tensor], dict] | None:
     """The re-ranker's score of each query's candidates ((K_i,) float32 each) and the cost.
-    Under torchrun each rank scores an interleaved share of the queries; every rank
-    gets every score."""
+    Under torchrun each rank scores an interleaved share of the queries and rank 0 gets
+    every score; the other ranks get None."""
     rank, world = distributed.rank_and_world()
     mine = list(range(rank, len(data.queries), world))
     needed = [data.queries[qi].reference for qi in mine]
@@ -132,7 +132,8 @@ def second_stage(reranker, data: SplitData, gallery_ids: list[str], candidates: 
             scores[qi] = reranker.scores(reference, [query.caption], candidate).float().cpu()
     seconds = time.perf_counter() - started
     gathered = distributed.gather_to_rank0((scores, seconds, tokens.encoded))
-    gathered = distributed.broadcast_from_rank0(gathered)
+    if gathered is None:
+        return None
     merged = {qi: s for part, _, _ in gathered for qi, s in part.items()}
     seconds = max(s for _, s, _ in gathered)
     pairs = sum(len(i) for i in candidates.index)

@@ -21,21 +21,13 @@ from harness.core.progress import say
 from harness.evaluation import token_pooling
 from harness.evaluation.embed import COMPOSED, RERANKED
 from harness.evaluation.intervals import DESCRIPTION, bootstrap, paired
-from harness.evaluation.metrics import percent
-from harness.evaluation.query_subset import query_subset
 from harness.evaluation.reference_rule import excluded_indices, excluded_items
 from harness.mixing.parts import heldout_halves
 from harness.rerank.base import TUNED_FUSION, RerankSettings
 from harness.rerank.candidates import Candidates, first_stage, second_stage
 from harness.rerank.final import ALPHAS, final_embeddings, first_stage_matrix, second_stage_values
-
-
-def values_of(protocol, rules, data, emb, rows: list[int]) -> dict[str, torch.Tensor]:
-    return protocol.query_values(*query_subset(data, emb, rows), rules)[COMPOSED]
-
-
-def means(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {name: percent(v).item() for name, v in values.items()}
+from harness.similarity.base import Scoring
+from harness.similarity.study import half_values, metric_means
 
 
 class FinalRanking:
@@ -54,8 +46,8 @@ def tune_alpha(final: FinalRanking, protocol, rules, rows: list[int]) -> tuple[f
     """The fusion weight with the best headline metric on `rows` (the smallest of equals)."""
     key, tried = protocol.headline_metric, []
     for alpha in ALPHAS:
-        tried.append({"alpha": alpha, key: means(values_of(protocol, rules, final.data, final.embeddings(alpha),
-                                                           rows))[key]})
+        scoring = Scoring(final.embeddings(alpha))
+        tried.append({"alpha": alpha, key: metric_means(half_values(protocol, rules, final.data, scoring, rows))[key]})
     best = max(tried, key=lambda t: (t[key], -t["alpha"]))
     return best["alpha"], tried
 
@@ -84,14 +76,18 @@ def rerank_step(settings: RerankSettings, reranker, protocol, rules, data, embed
     """(the results' "rerank" block, the final ranking's per-query entries); None on a
     torchrun rank other than 0 (every rank re-ranks a share of the queries)."""
     started = time.perf_counter()
-    emb = distributed.broadcast_from_rank0(token_pooling.pooled(embeddings, rules.token_pooling)
-                                           if embeddings is not None else None)
-    index = {g: i for i, g in enumerate(emb.gallery_ids)}
-    candidates = first_stage(data, emb, excluded_indices(excluded_items(data.queries, rules.reference), index),
-                             settings.k)
-    stage2, cost = second_stage(reranker, data, emb.gallery_ids, candidates, device, precision, batch_size)
-    if not distributed.is_main():
+    emb, candidates = None, None
+    if embeddings is not None:  # rank 0 finds the candidates, every rank re-ranks a share
+        emb = token_pooling.pooled(embeddings, rules.token_pooling)
+        index = {g: i for i, g in enumerate(emb.gallery_ids)}
+        candidates = first_stage(data, emb, excluded_indices(excluded_items(data.queries, rules.reference), index),
+                                 settings.k)
+    gallery_ids, candidates = distributed.broadcast_from_rank0(
+        (emb.gallery_ids, candidates) if emb is not None else None)
+    stage2_and_cost = second_stage(reranker, data, gallery_ids, candidates, device, precision, batch_size)
+    if stage2_and_cost is None:
         return None
+    stage2, cost = stage2_and_cost
     final = FinalRanking(data, emb, candidates, stage2)
     block = {"reranker": settings.reranker, "k": settings.k, "checkpoint": reranker.checkpoint_id,
              "checkpoint_sha256": reranker.checkpoint_sha256, "cost": cost}
@@ -126,8 +122,8 @@ def scored_stages(settings: RerankSettings, final: FinalRanking, protocol, rules
         fusion["alpha"], fusion["tuning"] = tune_alpha(final, protocol, rules, tune_rows)
         evaluated = f"heldout-half seed {settings.seed}, the second half (the first tuned alpha)"
         say(f"re-ranking fusion: alpha {fusion['alpha']} (best {protocol.headline_metric} on the tuning half)")
-    first = values_of(protocol, rules, data, replace(final.emb, image=None, text=None), rows)
-    second = values_of(protocol, rules, data, final.embeddings(fusion["alpha"]), rows)
+    first = half_values(protocol, rules, data, Scoring(replace(final.emb, image=None, text=None)), rows)
+    second = half_values(protocol, rules, data, Scoring(final.embeddings(fusion["alpha"])), rows)
     key = protocol.headline_metric
     return {
         "fusion": fusion,
@@ -135,8 +131,8 @@ def scored_stages(settings: RerankSettings, final: FinalRanking, protocol, rules
         "evaluated": evaluated,
         "headline": key,
         "target_in_top_k": target_in_top(data, final.emb.gallery_ids, final.candidates, rows),
-        "stage1": {"metrics": means(first), "interval": bootstrap(first)},
-        "stage2": {"metrics": means(second), "interval": bootstrap(second)},
+        "stage1": {"metrics": metric_means(first), "interval": bootstrap(first)},
+        "stage2": {"metrics": metric_means(second), "interval": bootstrap(second)},
         "stage2_minus_stage1": paired(second, first),
         "changed": {"improved": int((second[key] > first[key]).sum()), "worsened": int((second[key] < first[key]).sum())},
         "intervals": f"{DESCRIPTION}; stage2_minus_stage1 is paired, on the same queries",

@@ -1,7 +1,8 @@
 """Fine-tuning a re-ranker on hard negatives: each training query's first-stage top K
 (the run's first-stage model on the training split), the target and every other
 correct or partly correct item (CIRCO's ground truths, CIRR's image-set members with a
-positive soft label) taken out, and `negatives` of the rest drawn once, seeded; the loss
+positive soft label) taken out, and the first `negatives` of the rest (the hardest, in
+first-stage order) kept for the whole training; the loss
 is the cross-entropy of the positive among its 1 + negatives candidates (a listwise
 softmax over the re-ranker's scores).
 
@@ -24,14 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from harness.core import distributed
 from harness.core.errors import HarnessError
 from harness.core.progress import say
 from harness.evaluation.reference_rule import excluded_indices, excluded_items
 from harness.rerank.candidates import VisionTokens, first_stage, image_of
 from harness.suites.base import SplitData
-from harness.training import state
-from harness.training.graph_memory import GraphMeter
-from harness.training.loop import BatchPlan, Trainer, lr_factor, make_engine
+from harness.training.loop import BatchPlan, Trainer, train_only
 from harness.training.pairs import forward_context
 from harness.training.settings import TrainSettings
 
@@ -44,26 +44,23 @@ def positives_of(query) -> set[str]:
     return {query.target, *query.ground_truths, *(item for item, label in query.target_soft.items() if label > 0)}
 
 
-def hard_negatives(data: SplitData, emb, k: int, negatives: int, seed: int) -> tuple[SplitData, dict[int, list[str]]]:
-    """(the training queries that have `negatives` hard negatives, {id(query): their negatives,
-    in first-stage order}); `emb` the split's single-vector first-stage embeddings."""
+def hard_negatives(data: SplitData, emb, k: int, negatives: int) -> dict[int, list[str]]:
+    """{row of a training query: its `negatives` hardest negatives, in first-stage order}, for
+    the queries that have that many; `emb` the split's single-vector first-stage embeddings."""
     index = {g: i for i, g in enumerate(emb.gallery_ids)}
-    exclude = excluded_indices(excluded_items(data.queries, "remove"), index)
-    candidates = first_stage(data, emb, exclude, k)
-    kept, chosen = [], {}
+    candidates = first_stage(data, emb, excluded_indices(excluded_items(data.queries, "remove"), index), k)
+    chosen = {}
     for qi, query in enumerate(data.queries):
         if query.target is None:
             continue
         wrong = positives_of(query)
         pool = [emb.gallery_ids[j] for j in candidates.index[qi].tolist() if emb.gallery_ids[j] not in wrong]
-        if len(pool) < negatives:
-            continue
-        kept.append(query)
-        chosen[id(query)] = pool[:negatives]
-    if len(kept) < 2:
-        raise HarnessError(f"re-ranker training: only {len(kept)} queries of {data.suite}/{data.split} have "
+        if len(pool) >= negatives:
+            chosen[qi] = pool[:negatives]
+    if len(chosen) < 2:
+        raise HarnessError(f"re-ranker training: only {len(chosen)} queries of {data.suite}/{data.split} have "
                            f"{negatives} hard negatives in their top {k}; lower --rerank-negatives or raise --rerank-k")
-    return dataclasses.replace(data, queries=kept), chosen
+    return chosen
 
 
 class RerankTrainer(Trainer):
@@ -75,20 +72,14 @@ class RerankTrainer(Trainer):
         self.precision, self.negatives_of = precision, negatives_of
         self.plan = plan = BatchPlan.of(data, settings)
         self.trainable = reranker.trainable_parameters()
-        trainable_ids = {id(p) for p in self.trainable}
-        for p in reranker.model.parameters():
-            p.requires_grad_(id(p) in trainable_ids)
-        self.engine = make_engine(reranker.model, settings, self.trainable, precision, device,
-                                  micro_batch=plan.bounds[0][1] - plan.bounds[0][0], micro_steps=len(plan.bounds))
-        self.order = torch.Generator().manual_seed(settings.seed)
-        self.meter = GraphMeter(reranker.model)
+        train_only(reranker.model, self.trainable)
+        self.start_engine(reranker.model, precision)
         images = [i for q in plan.queries
                   for i in (q.reference, image_of(data, q.target), *(image_of(data, n) for n in negatives_of[id(q)]))]
         self.tokens = VisionTokens(reranker, data, list(dict.fromkeys(images)), device, precision, eval_batch_size,
                                    dtype=self.engine.param_dtype)
         self.data, self.targets_cached = data, False
-        self.state_path = state.state_dir(checkpoint_dir) if checkpoint_dir is not None else None
-        self.progress, self.resumed_from = self._resume()
+        self.open_state()
 
     def chance_loss(self, batch_size: int) -> tuple[float, str]:
         candidates = 1 + len(next(iter(self.negatives_of.values())))
@@ -110,9 +101,8 @@ class RerankTrainer(Trainer):
         return loss
 
     def step(self, batch, epoch: int, b: int) -> float:
-        plan, settings = self.plan, self.settings
-        self.engine.set_lr(settings.lr * lr_factor(settings, self.progress.step, plan.steps_per_epoch,
-                                                   plan.total_steps))
+        plan = self.plan
+        self.set_lr()
         total = 0.0
         with self.meter.recording():
             for start, end in plan.bounds:
@@ -135,9 +125,13 @@ def rerank_train_settings(settings, run: TrainSettings, queries: int) -> TrainSe
 
 def train_reranker(reranker, settings, run: TrainSettings, data: SplitData, emb, device, precision: str,
                    checkpoint_dir: Path | None, eval_batch_size: int) -> dict:
-    """Hard negatives from `emb` (the training split's first-stage embeddings, pooled),
-    then the loop; the results' re-ranker "training" block."""
-    train_data, negatives_of = hard_negatives(data, emb, settings.k, settings.negatives, settings.seed)
+    """Hard negatives from `emb` (the training split's first-stage embeddings, pooled; rank 0
+    finds them, None on the other torchrun ranks), then the loop; the results' re-ranker
+    "training" block."""
+    chosen = distributed.broadcast_from_rank0(
+        hard_negatives(data, emb, settings.k, settings.negatives) if emb is not None else None)
+    train_data = dataclasses.replace(data, queries=[data.queries[qi] for qi in chosen])
+    negatives_of = {id(data.queries[qi]): items for qi, items in chosen.items()}
     say(f"training the re-ranker {reranker.name} on {data.suite}/{data.split}: {len(train_data.queries)} queries, "
         f"{settings.negatives} hard negatives each from the first stage's top {settings.k}")
     train_settings = rerank_train_settings(settings, run, len(train_data.queries))
@@ -146,7 +140,7 @@ def train_reranker(reranker, settings, run: TrainSettings, data: SplitData, emb,
     result = trainer.run().to_dict()
     result["negatives"] = {"per_query": settings.negatives, "from_top": settings.k,
                            "queries_with_enough": len(train_data.queries), "queries": len(data.queries),
-                           "rule": f"drawn once with seed {settings.seed} from the top {settings.k} after removing "
-                                   "the target, other ground truths and positive soft labels"}
+                           "rule": f"the {settings.negatives} first of the top {settings.k} in first-stage order "
+                                   "after removing the target, other ground truths and positive soft labels"}
     result["vision_images_encoded"] = trainer.tokens.encoded
     return result

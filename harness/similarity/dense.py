@@ -22,15 +22,21 @@ def cosine_scores(problem: Problem) -> torch.Tensor:
 
 def identity_gallery(data, emb, scores: torch.Tensor, what: str):
     """`emb` (composed only) scoring `scores` (Q, G) through the identity gallery; `what`
-    names the option in the errors (the gallery limit, merged queries)."""
+    names the option in the errors (check_score_matrix)."""
     gallery_size = emb.gallery.shape[0]
+    check_score_matrix(data, gallery_size, what)
+    return composed_only(emb, composed=scores.float(), gallery=torch.eye(gallery_size), gallery_offset=None)
+
+
+def check_score_matrix(data, gallery_size: int, what: str) -> None:
+    """What a score matrix cannot be scored for: a gallery over the limit, or queries the
+    protocol merges by pair id; `what` names the option in the errors."""
     if gallery_size > MAX_GALLERY:
         raise HarnessError(f"{what} scores the whole (queries x gallery) matrix; a gallery of "
                            f"{gallery_size} items is over its limit of {MAX_GALLERY}")
     if len({q.pair_id for q in data.queries}) != len(data.queries):
         raise HarnessError(f"{what}: queries sharing a pair id (fashioniq-both-orders) are merged "
                            "by averaging their vectors, which a score matrix is not: use the fashioniq suite")
-    return composed_only(emb, composed=scores.float(), gallery=torch.eye(gallery_size), gallery_offset=None)
 
 
 def dense_scoring(problem: Problem, name: str, scores: torch.Tensor) -> Scoring:

@@ -185,16 +185,11 @@ class Trainer:
         store = ImageStore(data, backbone.preprocess, backbone.image_size,
                            [i for q in plan.queries for i in (q.reference, *data.images_of(q.target))])
         self.trainable = backbone.trainable_parameters(settings.train_vision)
-        trainable_ids = {id(p) for p in self.trainable}
-        for p in backbone.model.parameters():
-            p.requires_grad_(id(p) in trainable_ids)
+        train_only(backbone.model, self.trainable)
         tokens_frozen, targets_frozen = frozen_sides(backbone, store, data.images_of(plan.queries[0].target)[0],
                                                      device)
-        self.engine = make_engine(backbone.model, settings, self.trainable, precision, device,
-                                  micro_batch=plan.bounds[0][1] - plan.bounds[0][0], micro_steps=len(plan.bounds))
         self.loss_of = contrastive_loss(settings.loss, settings.temperature, settings.hnnce_alpha, settings.hnnce_beta)
-        self.order = torch.Generator().manual_seed(settings.seed)
-        self.meter = GraphMeter(backbone.model)
+        self.start_engine(backbone.model, precision)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         target_rows = None
@@ -207,6 +202,20 @@ class Trainer:
         self.pairs = PairEmbedder(backbone, store, data.frames, device, precision, self.engine.param_dtype,
                                   tokens_frozen, target_rows)
         self.targets_cached = target_rows is not None
+        self.open_state()
+
+    def start_engine(self, model, precision: str) -> None:
+        """The engine over self.trainable (one micro-step per gradient-cache chunk), the seeded
+        batch order and the autograd-graph meter: what every trainer starts with."""
+        plan = self.plan
+        self.engine = make_engine(model, self.settings, self.trainable, precision, self.device,
+                                  micro_batch=plan.bounds[0][1] - plan.bounds[0][0], micro_steps=len(plan.bounds))
+        self.order = torch.Generator().manual_seed(self.settings.seed)
+        self.meter = GraphMeter(model)
+
+    def open_state(self) -> None:
+        """Where the resumable training state lives, and the progress it holds under --resume."""
+        checkpoint_dir = self.checkpoint_dir
         self.state_path = state.state_dir(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress, self.resumed_from = self._resume()
 
@@ -240,11 +249,16 @@ class Trainer:
         self.engine.backward(surrogate)
         self.meter.graph_done()
 
-    def step(self, batch, epoch: int, b: int) -> float:
-        """One optimizer step on this rank's shard; its loss."""
+    def set_lr(self) -> None:
+        """The schedule's learning rate for the coming optimizer step."""
         plan, settings = self.plan, self.settings
         self.engine.set_lr(settings.lr * lr_factor(settings, self.progress.step, plan.steps_per_epoch,
                                                    plan.total_steps))
+
+    def step(self, batch, epoch: int, b: int) -> float:
+        """One optimizer step on this rank's shard; its loss."""
+        plan, settings = self.plan, self.settings
+        self.set_lr()
         with self.meter.recording():
             if len(plan.bounds) > 1:
                 loss = cached_step(plan.local, self.pairs.for_batch(batch), self.checked_loss(epoch, b),
@@ -342,6 +356,13 @@ class Trainer:
             torch.distributed.barrier()
         result.checkpoint = str(self.checkpoint_dir)
         state.remove(self.state_path)
+
+
+def train_only(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> None:
+    """Gradients for `params` alone among the model's parameters."""
+    trainable_ids = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable_ids)
 
 
 def fine_tune(backbone, data: SplitData, settings: TrainSettings, device: torch.device, precision: str,
