@@ -26,11 +26,11 @@ import sys
 import pytest
 import torch
 
-import kernels
+import coir_kernels
 from benches.roofline import machine_key, measured_cpu_peak, t_min
 from benches.scoring_job import make_problem, sweep_weights
 from benches.scoring_suite import REPO, job_command
-from kernels import reference
+from coir_kernels import reference
 
 Q, G, D, K = 4181, 2297, 256, 50
 CUDA = torch.cuda.is_available()
@@ -74,8 +74,8 @@ def bench_cirr_size_cpu(benchmark, provider):
     q, g, target, exclude = problem()
     if provider.endswith("-rank"):
         impl = provider.removesuffix("-rank")
-        kernels.target_rank_counts(q[:8], g, target[:8, None], exclude[:8], impl=impl)  # compile outside the timing
-        benchmark(kernels.target_rank_counts, q, g, target[:, None], exclude, impl=impl)
+        coir_kernels.target_rank_counts(q[:8], g, target[:8, None], exclude[:8], impl=impl)  # compile outside the timing
+        benchmark(coir_kernels.target_rank_counts, q, g, target[:, None], exclude, impl=impl)
     else:
         benchmark(lambda: torch.topk(q @ g.T, K + 1, dim=1))
     derived_units(benchmark, provider, "cpu", torch.float32)
@@ -161,10 +161,10 @@ def bench_cirr_size_gpu(benchmark, provider):
     q, g, target, exclude = problem("cuda", torch.float16)
     positives = target[:, None]
     calls = {
-        "triton-rank": lambda: kernels.target_rank_counts(q, g, positives, exclude, impl="triton"),
-        "triton-topk": lambda: kernels.topk_excluding(q, g, K, exclude, impl="triton"),
+        "triton-rank": lambda: coir_kernels.target_rank_counts(q, g, positives, exclude, impl="triton"),
+        "triton-topk": lambda: coir_kernels.topk_excluding(q, g, K, exclude, impl="triton"),
         "torch-mm-topk": lambda: torch.topk(q @ g.T, K + 1, dim=1),
-        "triton-sweep-231": lambda: kernels.mixed_rank_counts(
+        "triton-sweep-231": lambda: coir_kernels.mixed_rank_counts(
             (q, q.roll(1, 0), q.roll(2, 0)), g, sweep_weights(231).cuda(), positives, exclude, impl="triton"),
     }
     fn = sync_after(calls[provider], "cuda")

@@ -29,7 +29,7 @@ BUDGET=360
 STEPS=(
   "10|gpu name|nvidia-smi"
   "25|install carried wheels|pip install --quiet --no-index --find-links wheels deepspeed"
-  "120|gpu tests|python -m pytest -m gpu tests/kernels -q -p no:cacheprovider"
+  "120|gpu tests|python -m pytest -m gpu tests/coir_kernels -q -p no:cacheprovider"
   "110|scoring plan|python -m benches.scoring_suite --plan gpu --out \$OUT/scoring_gpu.json --timeout 30"
   "40|embedding throughput|python -m harness.throughput --device cuda --precision fp16 bf16 --batch-size 32 --repeats 2 --out \$OUT/throughput_gpu.json"
   "55|ZeRO-2 fine-tuning steps|python -m benches.train_step_gpu --out \$OUT"

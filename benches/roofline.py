@@ -28,7 +28,7 @@ def machine_key(device: torch.device) -> str:
 def measured_cpu_peak(dtype: torch.dtype) -> float:
     """FLOP/s of this CPU's fastest GEMM for `dtype` on the current threads: a
     4096 x 16384 x 256 product, best of three (fp32: torch's or numpy's, whichever
-    kernels/gemm.py found faster; bf16: torch's oneDNN)."""
+    coir_kernels/gemm.py found faster; bf16: torch's oneDNN)."""
     import time
 
     import numpy as np

@@ -90,8 +90,8 @@ def sync(device: str) -> None:
 def provider_call(args, q, g, target, exclude, parts, weights):
     """The scoring call of args.provider on this problem: a function returning the
     Recall@K of the target, computed from that provider's own output."""
-    import kernels
-    from kernels import reference
+    import coir_kernels
+    from coir_kernels import reference
 
     p, k, dtype = args.provider, args.k, q.dtype
     positives = target[:, None]
@@ -99,12 +99,12 @@ def provider_call(args, q, g, target, exclude, parts, weights):
         return lambda: recall_from_ranks(reference.target_rank_counts(q, g, positives, exclude)[0][:, 0])
     if p == "two-stage-rank":  # bf16 (CPU) or fp16 (CUDA) scores, fp32 rescoring in the band
         return lambda: recall_from_ranks(
-            kernels.target_rank_counts(q, g, positives, exclude, impl="two-stage")[0][:, 0])
+            coir_kernels.target_rank_counts(q, g, positives, exclude, impl="two-stage")[0][:, 0])
     if p == "triton-rank":
         return lambda: recall_from_ranks(
-            kernels.target_rank_counts(q, g, positives, exclude, impl="triton")[0][:, 0])
+            coir_kernels.target_rank_counts(q, g, positives, exclude, impl="triton")[0][:, 0])
     if p == "triton-topk":
-        return lambda: recall_from_topk(kernels.topk_excluding(q, g, k, exclude, impl="triton")[1], target, exclude)
+        return lambda: recall_from_topk(coir_kernels.topk_excluding(q, g, k, exclude, impl="triton")[1], target, exclude)
     if p == "torch-mm-topk":
         # chunked: a 10k x 1M fp32 score matrix is 40 GB; at most 2**32 bytes of scores at once
         rows = args.chunk or max(1, (1 << 32) // (g.shape[0] * q.element_size()))
@@ -124,13 +124,13 @@ def provider_call(args, q, g, target, exclude, parts, weights):
     if p in ("reference-sweep", "two-stage-sweep", "triton-sweep"):
         impl = p.removesuffix("-sweep")
         return lambda: recall_from_ranks(
-            kernels.mixed_rank_counts(parts, g, weights, positives, exclude, impl=impl)[0][-1, :, 0])
+            coir_kernels.mixed_rank_counts(parts, g, weights, positives, exclude, impl=impl)[0][-1, :, 0])
     if p == "recompute-sweep":
         def recompute():  # what a sweep costs without the three-accumulator trick
             unit = [torch.nn.functional.normalize(x.float(), dim=-1) for x in parts]
             for w in weights:
                 mixed = torch.nn.functional.normalize(w[0] * unit[0] + w[1] * unit[1] + w[2] * unit[2], dim=-1)
-                greater = kernels.target_rank_counts(mixed.to(dtype), g, positives, exclude)[0]
+                greater = coir_kernels.target_rank_counts(mixed.to(dtype), g, positives, exclude)[0]
             return recall_from_ranks(greater[:, 0])
 
         return recompute

@@ -7,7 +7,7 @@ BENCHMARKS.md is built from.
     python -m harness.mix_timing --checkpoint results/reference/checkpoints/<run> \\
         --out results/reference/mix_timing_cirr_val_cpu.json
 
-Rows: "gallery ranks" = kernels.mixed_rank_counts alone (every triple's rank counts of
+Rows: "gallery ranks" = coir_kernels.mixed_rank_counts alone (every triple's rank counts of
 every positive over the gallery); "every CIRR metric" = the whole sweep of
 harness/mixing/ (gallery ranks, image-set ranks of the 5 other members, R@K,
 Rsubset@K and Avg per triple). The first call, which may compile the counting loops,
@@ -67,7 +67,7 @@ def measure(annotations: Path, split: str, checkpoint: str | None, step: float, 
     grid = simplex_grid(step)
     labels = mixer.labels(part)
 
-    def gallery_ranks():  # kernels.mixed_rank_counts, on the gallery as the protocol scores it
+    def gallery_ranks():  # coir_kernels.mixed_rank_counts, on the gallery as the protocol scores it
         return mixed_counts(part.parts, part.gallery, grid, labels.positives, labels.reference)
 
     def every_metric():
@@ -75,7 +75,7 @@ def measure(annotations: Path, split: str, checkpoint: str | None, step: float, 
 
     sizes = {"triples": grid.shape[0], "queries": len(data.queries), "gallery_images": len(data.gallery)}
     rows = []
-    for what, fn in (("gallery ranks (kernels.mixed_rank_counts)", gallery_ranks),
+    for what, fn in (("gallery ranks (coir_kernels.mixed_rank_counts)", gallery_ranks),
                      ("every CIRR metric (mixing.sweep.sweep_metrics)", every_metric)):
         first, warm = timed(fn, repeats)
         rows.append({"what": f"{what}, first call", **sizes, "median_seconds": first,

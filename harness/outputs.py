@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kernels
+import coir_kernels
 from harness.core.atomic import write_json, write_text
 from harness.core.errors import HarnessError
 from harness.core.progress import say
@@ -41,7 +41,7 @@ def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: P
     scored["intervals"] = method_intervals(protocol.query_values(data, embeddings, rules), COMPOSED)
     scored["records"] = protocol.query_records(data, embeddings, rules)
     scored["per_query_file"] = write_records(out_dir / f"{stem}.queries.jsonl", scored["records"]).name
-    scored["kernels"] = kernels.used()  # which implementation scored (kernels/__init__.py)
+    scored["kernels"] = coir_kernels.used()  # which implementation scored (coir_kernels/__init__.py)
     return scored
 
 

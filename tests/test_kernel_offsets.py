@@ -1,5 +1,5 @@
-"""Score offsets per gallery item (kernels/offsets.py) in every implementation, and the
-query-bank statistics of hubness corrections (kernels/bank.py), against float64: scores
+"""Score offsets per gallery item (coir_kernels/offsets.py) in every implementation, and the
+query-bank statistics of hubness corrections (coir_kernels/bank.py), against float64: scores
 from float64 inputs, the offset added in float64. Random problems are redrawn (the
 offsets of crowded items) until no score that matters (an item against a positive,
 neighbours in a top-K) lies within CLEAR of another: no count depends on a CPU's last
@@ -16,10 +16,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import bank, gemm, reference, two_stage  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
-from kernels.triton_ops import tiles  # noqa: E402
+import coir_kernels  # noqa: E402
+from coir_kernels import bank, gemm, reference, two_stage  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
+from coir_kernels.triton_ops import tiles  # noqa: E402
 
 CLEAR = 1e-4
 INTERPRETED = tk.INTERPRETED and tk.INTERPRETED == tk.LIBRARY_INTERPRETED
@@ -45,14 +45,14 @@ def small_tiles(monkeypatch):
 def counts_by(impl, q, g, positives, exclude, offset, monkeypatch):
     if impl.startswith("two-stage"):
         monkeypatch.setattr(two_stage, "DENSE_BAND", -1.0 if impl.endswith("fp32") else float("inf"))
-    got = kernels.target_rank_counts(q, g, positives, exclude, impl=impl.split("/")[0], offset=offset)
-    assert kernels.used()["target_rank_counts"] == impl.split("/")[0]
+    got = coir_kernels.target_rank_counts(q, g, positives, exclude, impl=impl.split("/")[0], offset=offset)
+    assert coir_kernels.used()["target_rank_counts"] == impl.split("/")[0]
     return got
 
 
 def topk_by(impl, q, g, k, exclude, offset):
-    got = kernels.topk_excluding(q, g, k, exclude, impl=impl, offset=offset)
-    assert kernels.used()["topk_excluding"] == impl
+    got = coir_kernels.topk_excluding(q, g, k, exclude, impl=impl, offset=offset)
+    assert coir_kernels.used()["topk_excluding"] == impl
     return got
 
 
@@ -346,7 +346,7 @@ def test_bank_statistics_match_a_float64_direct_computation(chunk, monkeypatch):
     s = b.double() @ g.double().T
     for beta, k in ((20.0, 10), (1.0, 1), (-3.0, 1003)):
         rows.clear()
-        lse, mean = (kernels.bank_statistics(b, g, beta, k) if chunk is None
+        lse, mean = (coir_kernels.bank_statistics(b, g, beta, k) if chunk is None
                      else bank.bank_statistics(b, g, beta, k, chunk=chunk))
         assert lse.dtype == mean.dtype == torch.float64 and lse.shape == mean.shape == (77,)
         torch.testing.assert_close(lse, torch.logsumexp(beta * s, dim=0), atol=2e-5, rtol=1e-7)
@@ -362,13 +362,13 @@ def test_bank_statistics_reject_bad_inputs():
                         ((b, torch.randn(5, 4), 1.0, 2), ValueError), ((b[None], g, 1.0, 2), ValueError),
                         ((b, g, float("inf"), 2), ValueError), ((b.long(), g, 1.0, 2), TypeError)):
         with pytest.raises(error):
-            kernels.bank_statistics(*args)
+            coir_kernels.bank_statistics(*args)
 
 
 # ---- Checks, and the default --------------------------------------------------
 @needs_interpreter
 def test_the_self_check_of_the_offset_kernels_passes_in_the_interpreter():
-    from kernels import self_check
+    from coir_kernels import self_check
 
     for op in ("target_rank_counts", "topk_excluding"):
         assert self_check._agrees(op + self_check.WITH_OFFSET, torch.device("cpu"))
@@ -383,9 +383,9 @@ def test_bad_offsets_are_rejected_with_clear_errors():
                                                           ValueError, "finite"))
     for offset, error, words in bad:
         with pytest.raises(error, match=words):
-            kernels.target_rank_counts(q, g, positives, exclude, offset=offset)
+            coir_kernels.target_rank_counts(q, g, positives, exclude, offset=offset)
         with pytest.raises(error, match=words):
-            kernels.topk_excluding(q, g, 3, exclude, offset=offset)
+            coir_kernels.topk_excluding(q, g, 3, exclude, offset=offset)
 
 
 @pytest.mark.parametrize("impl", ["reference", "two-stage", TRITON])

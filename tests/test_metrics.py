@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from coir_kernels.reference import rank_counts_dense
 from harness.evaluation.metrics import (
     QueryLabels,
     build_labels,
@@ -15,7 +16,6 @@ from harness.evaluation.metrics import (
     recalls,
 )
 from harness.suites.base import Query
-from kernels.reference import rank_counts_dense
 
 
 def embed_scores(scores: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from kernels import reference, two_stage
+from coir_kernels import reference, two_stage
 from tests._distributed import run_on_ranks
-from tests.kernels.problems import assert_topk_equal, isolated, make_problem
+from tests.coir_kernels.problems import assert_topk_equal, isolated, make_problem
 
 
 def problem(tokens: int = 0, kind: str = "random"):

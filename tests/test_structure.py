@@ -10,26 +10,26 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PACKAGES = ("harness", "kernels", "backbones", "benches")
+PACKAGES = ("harness", "coir_kernels", "backbones", "benches")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Functions allowed to be longer, each with the reason written beside it in the code.
-LONG_ON_PURPOSE = {("kernels/triton_ops/mixed.py", "_mixed_rank_count_kernel")}  # one fused loop
+LONG_ON_PURPOSE = {("coir_kernels/triton_ops/mixed.py", "_mixed_rank_count_kernel")}  # one fused loop
 
 # room -> the rooms its modules may import (a room is a module path prefix)
 ALLOWED = {
-    "kernels": ("kernels",),
+    "coir_kernels": ("coir_kernels",),
     "backbones": ("backbones", "harness.core"),
     "harness.core": ("harness.core",),
     "harness.suites": ("harness.core", "harness.suites"),
-    "harness.evaluation": ("harness.core", "harness.suites", "harness.evaluation", "kernels", "backbones"),
+    "harness.evaluation": ("harness.core", "harness.suites", "harness.evaluation", "coir_kernels", "backbones"),
     "harness.training": ("harness.core", "harness.suites", "harness.training", "backbones"),
-    "harness.mixing": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing", "kernels",
+    "harness.mixing": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing", "coir_kernels",
                        "harness.training.losses"),
     "harness.similarity": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing",
-                           "harness.similarity", "kernels", "harness.training.losses"),
+                           "harness.similarity", "coir_kernels", "harness.training.losses"),
     "harness.rerank": ("harness.core", "harness.suites", "harness.evaluation", "harness.mixing", "harness.similarity",
-                       "harness.training", "harness.rerank", "kernels", "backbones"),
+                       "harness.training", "harness.rerank", "coir_kernels", "backbones"),
     "harness.reports": ("harness.core", "harness.evaluation", "harness.reports", "harness.config"),
 }
 
@@ -134,5 +134,17 @@ def test_the_checker_sees_a_cycle_and_a_wrong_way_import(tmp_path):
     modules = {"a": a, "b": b, "harness.core.errors": REPO / "harness/core/errors.py"}
     assert imports_of(a, "a", modules) == {"b", "harness.core.errors"}
     assert imports_of(b, "b", modules) == {"a"}
-    assert room_of("kernels.reference") == "kernels"
-    assert "harness.core" not in ALLOWED["kernels"]
+    assert room_of("coir_kernels.reference") == "coir_kernels"
+    assert "harness.core" not in ALLOWED["coir_kernels"]
+
+
+def test_no_other_installed_distribution_claims_a_package_name():
+    """Our top-level names are ours alone: transformers 5.25 made Hugging Face's
+    `kernels` distribution a dependency, and a project package of that name shadowed
+    it, so importing any transformers model failed (hence `coir_kernels`)."""
+    from importlib.metadata import packages_distributions
+
+    claimed = packages_distributions()
+    clashes = {name: others for name in PACKAGES
+               if (others := sorted(set(claimed.get(name, ())) - {"coir-bench", "coir_bench"}))}
+    assert not clashes, f"installed distributions that also provide these top-level packages: {clashes}"

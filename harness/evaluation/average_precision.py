@@ -1,5 +1,5 @@
 """mAP@K for queries with several ground truths (CIRCO), and Recall@K on the one
-annotated target, from rank counts (kernels.target_rank_counts), never a full sort.
+annotated target, from rank counts (coir_kernels.target_rank_counts), never a full sort.
 
 AP@K of one query, as CIRCO defines it (Baldrati et al., ICCV 2023):
 
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.evaluation.metrics import percent, ranks_with_ties
 
 MAP_KS = (5, 10, 25, 50)
@@ -67,7 +67,7 @@ def map_query_values(
 ) -> dict[str, torch.Tensor]:
     """Each query's AP@K and target hit within K, (Q,) float64 (see `map_metrics`);
     `offset` (G,): added to each item's score."""
-    greater, equal, pos_scores = kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude,
+    greater, equal, pos_scores = coir_kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude,
                                                             offset=offset)
     positions = ground_truth_positions(greater, equal, pos_scores, tie_rule)
     values = {f"mAP@{k}": average_precision_at(positions, counts, k) for k in map_ks}

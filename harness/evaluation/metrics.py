@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.evaluation import reference_rule
 from harness.suites import Query
 
@@ -137,11 +137,11 @@ def cirr_counts(query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: Quer
     """(gallery counts, image-set counts) of every positive: what every CIRR metric
     and rank is computed from. `offset` (G,): added to each item's score (a similarity
     method's per-item correction, harness/similarity), in the gallery and in the image set."""
-    gallery_counts = kernels.target_rank_counts(
+    gallery_counts = coir_kernels.target_rank_counts(
         query_emb, gallery_emb, labels.positives, labels.reference, offset=offset
     )
     subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels, offset)
-    subset_counts = kernels.reference.rank_counts_dense(
+    subset_counts = coir_kernels.reference.rank_counts_dense(
         subset_scores, subset_valid, labels.member_positives
     )
     return gallery_counts, subset_counts
@@ -185,7 +185,7 @@ def query_values_from_counts(
     """Each query's value for every CIRR metric, from given rank counts, without
     scoring anything: {metric: (Q,) values}, or (W, Q) for W query variants.
 
-    `gallery_counts` are `kernels.target_rank_counts` over the gallery (positives
+    `gallery_counts` are `coir_kernels.target_rank_counts` over the gallery (positives
     `labels.positives`, reference excluded); `subset_counts` are `rank_counts_dense`
     within the image set (positives `labels.member_positives`). Each is (Q, P), or
     (W, Q, P) for W query variants at once (the weight triples of a mixing sweep).
@@ -252,7 +252,7 @@ def subset_scores_of(
     `offset` where given, and which members take part (not padding, not the reference)."""
     members = labels.members.clamp(min=0)
     scores = torch.stack(
-        [kernels.reference.rowwise_similarity(query_emb, gallery_emb[members[:, m]])
+        [coir_kernels.reference.rowwise_similarity(query_emb, gallery_emb[members[:, m]])
          for m in range(members.shape[1])],
         dim=1,
     ) if members.shape[1] else torch.empty(members.shape)

@@ -3,7 +3,7 @@ places it, so that an official evaluator scoring the harness's own list (CIRCO's
 compute_metrics over a 50-id list, a CIRR or FashionIQ recall over a top-K) gives
 the harness's own figure, exact ties included.
 
-`kernels.topk_excluding` breaks ties by gallery order. Here each positive's place
+`coir_kernels.topk_excluding` breaks ties by gallery order. Here each positive's place
 comes from the rank counts the metrics use (greater, equal, its score) through the
 tie rule (harness/evaluation/metrics.py `ranks_with_ties`): `pessimistic` puts it
 after every other item of its score (and after positives of a lower label),
@@ -13,7 +13,7 @@ order. A split without targets has no positives: its lists (the server files) ar
 in score order with ties by gallery order, the only order that needs no labels.
 
 Items that merely score close to a positive are placed by the bits each
-computation gives them, as everywhere in the retrieval core (kernels/__init__.py,
+computation gives them, as everywhere in the retrieval core (coir_kernels/__init__.py,
 "Ties and copies").
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.evaluation.metrics import ranks_with_ties
 
 
@@ -31,16 +31,16 @@ def tie_ordered_top(query: torch.Tensor, gallery: torch.Tensor, k: int, exclude:
                     offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, gallery indices), (Q, k) each, best first, `exclude` removed, every
     positive (gallery index in `positives`, -1 pad, with a label > 0 in `labels`) at
-    the place the tie rule gives it. `counts`: `kernels.target_rank_counts` of these
+    the place the tie rule gives it. `counts`: `coir_kernels.target_rank_counts` of these
     positives, when the caller has them; `offset` (G,): added to each item's score."""
     real = (positives >= 0) & (labels > 0)
     if not bool(real.any()):
-        return kernels.topk_excluding(query, gallery, k, exclude, offset=offset)
-    greater, equal, pos_scores = counts if counts is not None else kernels.target_rank_counts(
+        return coir_kernels.topk_excluding(query, gallery, k, exclude, offset=offset)
+    greater, equal, pos_scores = counts if counts is not None else coir_kernels.target_rank_counts(
         query, gallery, positives, exclude, offset=offset)
     positions = ranks_with_ties(greater, equal, pos_scores.masked_fill(~real, float("nan")),
                                 distinct_labels(labels, real), tie_rule)
-    scores, top = kernels.topk_excluding(query, gallery, k + positives.shape[1], exclude, offset=offset)
+    scores, top = coir_kernels.topk_excluding(query, gallery, k + positives.shape[1], exclude, offset=offset)
     k = min(k, top.shape[1])
     rows = zip(real.tolist(), positions.tolist(), pos_scores.tolist(), positives.tolist(), scores.tolist(),
                top.tolist())

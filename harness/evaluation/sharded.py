@@ -5,14 +5,14 @@ the counts are summed; top-K lists are merged. The result is one process's.
 What makes it one process's, not merely close:
 - every positive's score is computed on every rank from the same rows by the same
   call (the positive rows are gathered first), so the thresholds are the same bits;
-- duplicate rows (kernels/duplicates.py) are found over the whole gallery: row
+- duplicate rows (coir_kernels/duplicates.py) are found over the whole gallery: row
   hashes are gathered, rows whose hash repeats anywhere are gathered in full and
   grouped, and every rank scores each group from the same first rows, so a copy
   of a positive on another shard still ties with it;
 - top-K candidates are merged by (score descending, gallery index ascending), the
   order a single process breaks ties in.
 Other items differ from a single process's scores only in the last bits of their
-fp32 GEMM, which the counts see only at fp32 near-ties (kernels/__init__.py).
+fp32 GEMM, which the counts see only at fp32 near-ties (coir_kernels/__init__.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels import duplicates, reference, two_stage
+from coir_kernels import duplicates, reference, two_stage
 
 
 def shard_bounds(size: int, rank: int, world: int) -> tuple[int, int]:
@@ -71,7 +71,7 @@ def _positive_rows(shard: torch.Tensor, offset: int, positives: torch.Tensor) ->
 def target_rank_counts(query: torch.Tensor, shard: torch.Tensor, offset: int, total: int,
                        positives: torch.Tensor, exclude: torch.Tensor, dtype: torch.dtype = torch.float32
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`kernels.target_rank_counts` of the whole gallery, this rank holding rows
+    """`coir_kernels.target_rank_counts` of the whole gallery, this rank holding rows
     [offset, offset + len(shard)): every rank returns the same summed counts."""
     copies = global_copies(shard, offset, total)
     pos_rows = _positive_rows(shard, offset, positives)
@@ -100,7 +100,7 @@ def target_rank_counts(query: torch.Tensor, shard: torch.Tensor, offset: int, to
 
 def topk_excluding(query: torch.Tensor, shard: torch.Tensor, offset: int, total: int, k: int,
                    exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`kernels.topk_excluding` of the whole gallery from the shards: each rank's top k
+    """`coir_kernels.topk_excluding` of the whole gallery from the shards: each rank's top k
     in gallery-wide indices, merged by (score descending, index ascending)."""
     copies = global_copies(shard, offset, total)
     inside = (exclude >= offset) & (exclude < offset + shard.shape[0])

@@ -8,7 +8,7 @@ instead: their median and their maximum.
 
 Modes (`--mix`, any number of them):
 - `sweep`: every triple of the simplex grid of step `--mix-step` (0.05: 231 triples),
-  ranked in one pass by `kernels.mixed_rank_counts`; each metric's best triple on the
+  ranked in one pass by `coir_kernels.mixed_rank_counts`; each metric's best triple on the
   tuning split is reported on the evaluation split.
 - `learn`: w = softmax(theta), theta fitted by the run's contrastive loss (HN-NCE, or
   InfoNCE with beta 0; harness/training/losses.py) on the tuning split's cached embeddings,
@@ -45,7 +45,7 @@ its ranking, so each part alone ranks exactly as the protocol ranks it. The gall
 is scored as the protocol scores it and never re-normalised here. For single-vector
 BLIP features it is unit length already; under mean token pooling (below) its rows
 are token means whose norms are part of every score, and re-normalising them would
-rank differently from the run's own metrics. `kernels.mixed_rank_counts`
+rank differently from the run's own metrics. `coir_kernels.mixed_rank_counts`
 normalises the gallery it is given, so it receives the gallery lifted to rows of one
 norm (adapters/base.py `lifted`), which divides every score by the same constant.
 
@@ -66,5 +66,5 @@ mixing and element-wise rules), parts.py (tuning and evaluation sets), adapters/
 (per protocol: the query blocks to count and the metrics from the counts), sweep.py
 (every metric of every triple; direct rows through the protocol), learn.py (weights
 fitted by the loss), step.py (a run's mixing block), heatmap.py. May import
-harness.core, harness.suites, harness.evaluation, harness.training.losses and kernels.
+harness.core, harness.suites, harness.evaluation, harness.training.losses and coir_kernels.
 """

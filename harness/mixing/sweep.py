@@ -2,7 +2,7 @@
 of mixed queries.
 
 The sweep counts ranks for all triples in one pass of the retrieval core
-(`kernels.mixed_rank_counts`, per query block of the protocol) and turns the counts
+(`coir_kernels.mixed_rank_counts`, per query block of the protocol) and turns the counts
 into the protocol's metrics (harness/mixing/adapters). A direct row (f alone, the
 chosen triples, learned, fixed, median, max) is scored by the protocol itself:
 its `evaluate` and `query_values` on the set's queries, with the mixed query as the

@@ -10,7 +10,7 @@ blip2-itm), candidates.py (first-stage top K, vision tokens, stage-2 scores),
 final.py (the final ranking as the protocol scores it), step.py (the results' block),
 train.py (hard-negative fine-tuning through the first stage's loop). May import
 harness.core, harness.suites, harness.evaluation, harness.mixing, harness.similarity,
-harness.training, backbones and kernels.
+harness.training, backbones and coir_kernels.
 """
 
 from harness.rerank import blip_itm  # noqa: F401  (registers blip-itm and blip2-itm)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.core import distributed
 from harness.core.precision import autocast
 from harness.core.progress import progress
@@ -50,7 +50,7 @@ def first_stage(data: SplitData, emb, exclude: torch.Tensor, k: int) -> Candidat
         position[columns] = torch.arange(len(columns))
         picked = exclude[rows]
         local_exclude = torch.where(picked >= 0, position[picked.clamp(min=0)], picked)
-        top_scores, top_index = kernels.topk_excluding(emb.composed[rows], emb.gallery[columns], k, local_exclude)
+        top_scores, top_index = coir_kernels.topk_excluding(emb.composed[rows], emb.gallery[columns], k, local_exclude)
         for r, qi in enumerate(rows):
             index[qi] = columns[top_index[r]]
             scores[qi] = top_scores[r]

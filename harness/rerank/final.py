@@ -22,9 +22,9 @@ import math
 
 import torch
 
+from coir_kernels.reference import exact_similarity
 from harness.rerank.candidates import Candidates
 from harness.similarity.dense import identity_gallery
-from kernels.reference import exact_similarity
 
 ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))  # the fusion weights --rerank-fusion tuned tries
 

@@ -22,7 +22,7 @@ figures stay cosine's: the study is the results' `similarity` block.
 Rooms: base.py (the contract and registry), one file per family, bank.py, dense.py,
 study.py (the block), settings.py (what --similarity accepts). May import
 harness.core, harness.suites, harness.evaluation, harness.mixing, harness.training.losses
-and kernels.
+and coir_kernels.
 """
 
 from harness.similarity import (  # noqa: F401  (each module registers its methods)

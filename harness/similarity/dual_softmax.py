@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.similarity.base import SIMILARITIES, Problem, Scoring
 from harness.similarity.dense import cosine_scores, dense_scoring
 
@@ -60,7 +60,7 @@ class DualSoftmax:
         return [{"temperature": t} for t in TEMPERATURES]
 
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
-        lse, _ = kernels.bank_statistics(problem.bank_for(self.transductive), problem.emb.gallery.float(), setting["temperature"], 1)
+        lse, _ = coir_kernels.bank_statistics(problem.bank_for(self.transductive), problem.emb.gallery.float(), setting["temperature"], 1)
         # the evaluated queries as bank hold the query already: it is not added again
         return dense_scoring(problem, self.name, ranked_scores(cosine_scores(problem), lse.double(),
                                                                setting["temperature"], not self.transductive))

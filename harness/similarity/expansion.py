@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import kernels
+import coir_kernels
 from harness.similarity.base import SIMILARITIES, Problem, Scoring, composed_only
 
 SETTINGS = tuple({"k": k, "alpha": alpha} for k in (1, 2, 3, 5, 10) for alpha in (1.0, 3.0))
@@ -23,7 +23,7 @@ SETTINGS = tuple({"k": k, "alpha": alpha} for k in (1, 2, 3, 5, 10) for alpha in
 def expanded(vectors: torch.Tensor, gallery: torch.Tensor, exclude: torch.Tensor, k: int, alpha: float
              ) -> torch.Tensor:
     """normalize(v + sum of max(s_i, 0)^alpha g_i over v's k best items), (N, D) float32."""
-    scores, top = kernels.topk_excluding(vectors.float(), gallery.float(), k, exclude)
+    scores, top = coir_kernels.topk_excluding(vectors.float(), gallery.float(), k, exclude)
     weights = scores.clamp(min=0).pow(alpha)
     return F.normalize(vectors.float() + torch.einsum("nk,nkd->nd", weights, gallery.float()[top]), dim=-1)
 

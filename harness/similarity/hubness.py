@@ -1,6 +1,6 @@
 """Hubness corrections with a query bank: a per-gallery-item offset to the score, so
-they are scored exactly by the retrieval core (`kernels.target_rank_counts(...,
-offset=)`), the bank's statistics in one pass (`kernels.bank_statistics`).
+they are scored exactly by the retrieval core (`coir_kernels.target_rank_counts(...,
+offset=)`), the bank's statistics in one pass (`coir_kernels.bank_statistics`).
 
 - `inverted-softmax` (querybank normalisation, Bogolin et al., CVPR 2022, "Cross Modal
   Retrieval with Querybank Normalisation"; ioanacroi/qb-norm dynamic_inverted_softmax.py
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.similarity.base import SIMILARITIES, Problem, Scoring, composed_only
 
 BETAS = (10.0, 20.0, 30.0, 50.0, 100.0)  # inverted softmax temperatures tuned on the tuning half
@@ -34,13 +34,13 @@ CSLS_KS = (1, 5, 10, 20, 50)
 
 def inverted_softmax_offset(bank: torch.Tensor, gallery: torch.Tensor, beta: float) -> torch.Tensor:
     """-logsumexp_b(beta·s(b,g)) / beta per gallery item, (G,) float32."""
-    lse, _ = kernels.bank_statistics(bank.float(), gallery.float(), beta, 1)
+    lse, _ = coir_kernels.bank_statistics(bank.float(), gallery.float(), beta, 1)
     return (-lse / beta).float()
 
 
 def csls_offset(bank: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tensor:
     """-r_bank(g) / 2 per gallery item, (G,) float32."""
-    _, topk_mean = kernels.bank_statistics(bank.float(), gallery.float(), 1.0, k)
+    _, topk_mean = coir_kernels.bank_statistics(bank.float(), gallery.float(), 1.0, k)
     return (-topk_mean / 2).float()
 
 
@@ -69,10 +69,10 @@ class DynamicInvertedSoftmax(InvertedSoftmax):
     def scoring(self, problem: Problem, setting: dict) -> Scoring:
         bank, gallery = problem.bank_for(self.transductive), problem.emb.gallery.float()
         none = torch.full((len(bank),), -1, dtype=torch.long)
-        _, bank_nearest = kernels.topk_excluding(bank.float(), gallery, 1, none)
+        _, bank_nearest = coir_kernels.topk_excluding(bank.float(), gallery, 1, none)
         active = torch.zeros(len(gallery), dtype=torch.bool)
         active[bank_nearest[:, 0]] = True
-        _, nearest = kernels.topk_excluding(problem.emb.composed.float(), gallery, 1, problem.exclude)
+        _, nearest = coir_kernels.topk_excluding(problem.emb.composed.float(), gallery, 1, problem.exclude)
         plain = composed_only(problem.emb)
         corrected = super().scoring(problem, setting).emb
         return Scoring(corrected, fallback=plain, fallback_rows=~active[nearest[:, 0]])

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-import kernels
+import coir_kernels
 from harness.evaluation.embed import SplitEmbeddings, methods_of
 from harness.evaluation.metrics import (
     CIRR_METRICS,
@@ -54,7 +54,7 @@ def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, s
     ties broken by gallery (or member) order."""
     check_embeddings(data, emb, {"composed f(q,t)": "composed"})
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
-    _, top = kernels.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference,
+    _, top = coir_kernels.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference,
                                     offset=emb.gallery_offset)
     top_recall = [[emb.gallery_ids[i] for i in row] for row in top.tolist()]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import kernels
+import coir_kernels
 from harness.core.atomic import write_json
 from harness.evaluation.embed import methods_of
 from harness.evaluation.metrics import percent, ranks_with_ties, values_at
@@ -101,7 +101,7 @@ def category_hits(
         rows, columns, exclude, positives = category_inputs(queries, gallery_ids, ids, category, reference)
         if not rows:
             continue
-        greater, equal, pos_scores = kernels.target_rank_counts(
+        greater, equal, pos_scores = coir_kernels.target_rank_counts(
             query_emb[rows], gallery_emb[columns], positives, exclude, offset=_columns_of(offset, columns)
         )
         labels = (positives >= 0).double()
@@ -233,7 +233,7 @@ class FashionIQProtocol:
             rows, columns, exclude, _ = category_inputs(queries, merged.gallery_ids, ids, category, rules.reference)
             if not rows:
                 continue
-            _, top = kernels.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP, exclude,
+            _, top = coir_kernels.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP, exclude,
                                             offset=_columns_of(merged.gallery_offset, columns))
             for i, ranked in zip(rows, top.tolist()):
                 q = queries[i]

@@ -3,7 +3,7 @@ the pieces every adapter counts with.
 
 An adapter knows two things about its protocol (harness/evaluation/protocols):
 - which query blocks rank against which gallery columns (rows, columns, positives,
-  the excluded item), so that `kernels.mixed_rank_counts` gives the rank counts
+  the excluded item), so that `coir_kernels.mixed_rank_counts` gives the rank counts
   (W, Q, P) of every weight triple in one pass;
 - how the protocol turns rank counts into each query's metric values and into its
   metrics, so that a sweep entry is what the protocol's own `query_values` and
@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.core.registry import Registry
 from harness.evaluation.metrics import Counts, percent, ranks_with_ties
 from harness.evaluation.protocols.base import ScoringRules
@@ -52,7 +52,7 @@ def lifted(gallery: torch.Tensor) -> torch.Tensor:
     """The gallery (G, D) as (G, D + 1) rows of one norm c (the largest row norm):
     the extra coordinate sqrt(c^2 - |g|^2) meets the queries' zero.
 
-    `kernels.mixed_rank_counts` L2-normalises the gallery it is given. The protocols
+    `coir_kernels.mixed_rank_counts` L2-normalises the gallery it is given. The protocols
     score the gallery as it is: under mean token pooling its rows are token means,
     NOT re-normalised (harness/evaluation/token_pooling.py), so their norms are part
     of every score and normalising them would rank differently. Normalising the
@@ -69,7 +69,7 @@ def mixed_counts(parts, gallery: torch.Tensor, weights: torch.Tensor, positives:
     """(greater, equal, positive scores), each (W, Q, P): the rank counts of every
     positive for the mixed query of every triple, against `gallery` as it is scored."""
     extended = tuple(torch.cat([p.float(), p.new_zeros(p.shape[0], 1, dtype=torch.float32)], dim=1) for p in parts)
-    return kernels.mixed_rank_counts(extended, lifted(gallery), weights, positives, exclude)
+    return coir_kernels.mixed_rank_counts(extended, lifted(gallery), weights, positives, exclude)
 
 
 def flat(counts: Counts) -> Counts:

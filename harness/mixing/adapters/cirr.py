@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+import coir_kernels
 from harness.evaluation.metrics import (
     CIRR_METRICS,
     QueryLabels,
@@ -29,7 +29,7 @@ def image_set_counts(part, labels: QueryLabels, weights: torch.Tensor):
         blocks.append(scores)
     subset_scores = torch.einsum("wk,kqm->wqm", weights.float(), torch.stack(blocks).float())
     w, q = weights.shape[0], labels.positives.shape[0]
-    counts = kernels.reference.rank_counts_dense(
+    counts = coir_kernels.reference.rank_counts_dense(
         subset_scores.reshape(w * q, subset_scores.shape[-1]),
         valid.repeat(w, 1),
         labels.member_positives.repeat(w, 1),

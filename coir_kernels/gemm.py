@@ -7,7 +7,7 @@ The choice is measured once per machine, on the tile shape the reference uses, a
 kept in $COIR_BENCH_CACHE/gemm_choice.json under a key naming the CPU, the thread
 count and both libraries' versions; COIR_GEMM=torch or numpy forces one. Both give
 fp32 products of fp32 inputs: the counts do not depend on the choice beyond the
-near-ties that any two summation orders may order differently (kernels/__init__.py).
+near-ties that any two summation orders may order differently (coir_kernels/__init__.py).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import counting, duplicates, gemm, offsets
-from kernels.dense_counts import rank_counts_dense  # noqa: F401 -- kernels.reference.rank_counts_dense
-from kernels.stable_top import stable_top
+from coir_kernels import counting, duplicates, gemm, offsets
+from coir_kernels.dense_counts import rank_counts_dense  # noqa: F401 -- coir_kernels.reference.rank_counts_dense
+from coir_kernels.stable_top import stable_top
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
@@ -88,7 +88,7 @@ def target_rank_counts(
     offset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`rank_counts_dense` over query x gallery cosine-style scores (inner products),
-    each item's `offset` (G,) added if given (`kernels/offsets.py`).
+    each item's `offset` (G,) added if given (`coir_kernels/offsets.py`).
 
     query (Q, D) or (Q, S, D), gallery (G, D) or (G, T, D), positives (Q, P)
     gallery indices (-1 pad), exclude (Q,) gallery index removed from each query's
@@ -99,7 +99,7 @@ def target_rank_counts(
     Each positive's score comes first, from a product of its own row; the tile
     that holds the positive then takes out what the positive's own column counted,
     whatever bits the tile gave it, and the same for the excluded item. Copies of a
-    gallery row (`kernels.duplicates`) all take their group's one score (then each
+    gallery row (`coir_kernels.duplicates`) all take their group's one score (then each
     its own offset), so a copy of a positive (with its offset) ties with it on any
     machine. Max-sim features take
     `_target_rank_counts_rows`.
@@ -253,7 +253,7 @@ def topk_excluding(
 
     Returns (scores (Q, k), indices (Q, k)), best first. Ties are broken by gallery
     order (lower index first), so the result is deterministic; copies of a row
-    score the same (`kernels.duplicates`) and so come in gallery order; k is capped
+    score the same (`coir_kernels.duplicates`) and so come in gallery order; k is capped
     at the number of candidates.
     """
     num_queries, num_gallery = query.shape[0], gallery.shape[0]
@@ -302,7 +302,7 @@ def mixed_rank_counts(
     Each item is compared through its score differences to the positive,
     w . (s_item - s_pos) against 0: the positive's own difference is exactly 0,
     whatever the rounding of the weighted sum, and so is a copy's (copies take
-    their group's scores, `kernels.duplicates`). The excluded item's differences
+    their group's scores, `coir_kernels.duplicates`). The excluded item's differences
     are nan, so it counts nowhere.
     """
     q, t, f = (torch.nn.functional.normalize(p.float(), dim=-1) for p in parts)

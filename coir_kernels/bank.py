@@ -5,10 +5,10 @@ ranking. Corrections subtract, per item, a statistic of its scores against a ban
 queries (B, D) that stands for the query distribution: querybank normalisation and
 the inverted softmax the log-sum-exp, offset[g] = -lse[g] / beta; CSLS the mean of
 the k best bank scores, offset[g] = -topk_mean[g] / 2. The offsets then go to
-`kernels.target_rank_counts(..., offset=...)` and `kernels.topk_excluding`.
+`coir_kernels.target_rank_counts(..., offset=...)` and `coir_kernels.topk_excluding`.
 
 Both statistics come from one pass over the bank in chunks: per chunk the (chunk, G)
-fp32 scores (the faster GEMM on CPU, `kernels/gemm.py`) fold into a running
+fp32 scores (the faster GEMM on CPU, `coir_kernels/gemm.py`) fold into a running
 log-sum-exp (torch.logaddexp, float64) and a running top-k (the k best so far and
 the chunk's scores, cut back to k). Memory is (chunk + k) x G scores, whatever B is.
 """
@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from kernels import gemm
+from coir_kernels import gemm
 
 # Score elements per bank chunk: 4M (16 MB of fp32; the float64 temporaries of the
 # log-sum-exp add about 100 MB).

@@ -11,7 +11,7 @@ query) and gives that score to every member.
 Rows are compared by their bits, with -0.0 read as +0.0 (the two score the
 same). Multi-vector items (G, T, D) are duplicates when all T tokens are.
 
-Score offsets per item (`kernels/offsets.py`) leave the groups as they are: the group's
+Score offsets per item (`coir_kernels/offsets.py`) leave the groups as they are: the group's
 one score is the plain score s, and each member adds its own offset after. Copies
 with equal offsets (as values) so keep identical bits and stay one item; copies with
 different offsets are different items, ordered by their offsets alone (fp32 addition

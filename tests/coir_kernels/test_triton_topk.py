@@ -1,4 +1,4 @@
-"""The fused top-K kernel (kernels/triton_ops/topk.py) against the reference, ties to
+"""The fused top-K kernel (coir_kernels/triton_ops/topk.py) against the reference, ties to
 the lower index, interpreted on CPU."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import reference  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
-from kernels.triton_ops import topk  # noqa: E402
-from tests.kernels.problems import (  # noqa: E402
+from coir_kernels import reference  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
+from coir_kernels.triton_ops import topk  # noqa: E402
+from tests.coir_kernels.problems import (  # noqa: E402
     SHAPES,
     SMALL_BLOCKS,
     assert_topk_equal,

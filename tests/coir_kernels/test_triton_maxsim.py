@@ -10,10 +10,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import reference  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
-from tests.kernels.problems import (  # noqa: E402
+import coir_kernels  # noqa: E402
+from coir_kernels import reference  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
+from tests.coir_kernels.problems import (  # noqa: E402
     assert_counts_equal,
     assert_topk_equal,
     make_tokens,
@@ -47,7 +47,7 @@ def test_maxsim_duplicates_tie_and_public_functions_dispatch_to_the_kernel(monke
     calls = []
     real = tk.target_rank_counts
     monkeypatch.setattr(tk, "target_rank_counts", lambda *a: calls.append("rank") or real(*a))
-    greater, equal, _ = kernels.target_rank_counts(q, g, positives, exclude, impl="triton")
+    greater, equal, _ = coir_kernels.target_rank_counts(q, g, positives, exclude, impl="triton")
     assert calls == ["rank"]
     assert (equal[:, 0] == 2).all()
     assert torch.equal(greater, reference.target_rank_counts(q, g, positives, exclude)[0])

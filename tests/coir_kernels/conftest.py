@@ -17,8 +17,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 
 import pytest  # noqa: E402
 
-from kernels import triton_ops  # noqa: E402
-from tests.kernels.problems import USABLE  # noqa: E402
+from coir_kernels import triton_ops  # noqa: E402
+from tests.coir_kernels.problems import USABLE  # noqa: E402
 
 SUBPROCESS_TESTS = {"test_interpreter_tests_in_a_fresh_process",
                     "test_kernels_compile_for_hopper_with_one_dot_layout_in_both_rank_passes"}

@@ -17,10 +17,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import reference  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
-from tests.kernels.problems import (  # noqa: E402
+import coir_kernels  # noqa: E402
+from coir_kernels import reference  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
+from tests.coir_kernels.problems import (  # noqa: E402
     USABLE,
     assert_counts_equal,
     assert_topk_equal,
@@ -48,7 +48,7 @@ def test_interpreter_tests_in_a_fresh_process(tmp_path):
 
 def test_the_kernels_are_interpreted_here():
     assert tk.INTERPRETED
-    assert tk.MAX_K == kernels.TRITON_MAX_K
+    assert tk.MAX_K == coir_kernels.TRITON_MAX_K
 
 
 def test_dispatch_runs_triton_on_request_and_reference_otherwise(monkeypatch):
@@ -60,26 +60,26 @@ def test_dispatch_runs_triton_on_request_and_reference_otherwise(monkeypatch):
     monkeypatch.setattr(tk, "target_rank_counts", lambda *a: calls.append("rank") or real_rank(*a))
     monkeypatch.setattr(tk, "topk_excluding", lambda *a: calls.append("topk") or real_topk(*a))
     # explicit, by argument or environment: the kernels (interpreted on these CPU tensors)
-    assert_counts_equal(kernels.target_rank_counts(q, g, positives, exclude, impl="triton"),
+    assert_counts_equal(coir_kernels.target_rank_counts(q, g, positives, exclude, impl="triton"),
                         expected, torch.float32)
     monkeypatch.setenv("COIR_KERNELS", "triton")
-    assert_topk_equal(kernels.topk_excluding(q, g, 5, exclude), expected_top, torch.float32, q, g)
+    assert_topk_equal(coir_kernels.topk_excluding(q, g, 5, exclude), expected_top, torch.float32, q, g)
     assert calls == ["rank", "topk"]
     # not covered: multi-vector features and k > 64 run the reference
     g3 = g[:, None, :].expand(60, 3, 16)
-    kernels.target_rank_counts(q, g3, positives, exclude)
-    kernels.topk_excluding(q, g, 65, exclude)
+    coir_kernels.target_rank_counts(q, g3, positives, exclude)
+    coir_kernels.topk_excluding(q, g, 65, exclude)
     # auto: the reference for CPU tensors
     monkeypatch.setenv("COIR_KERNELS", "auto")
-    kernels.target_rank_counts(q, g, positives, exclude)
-    kernels.topk_excluding(q, g, 5, exclude)
+    coir_kernels.target_rank_counts(q, g, positives, exclude)
+    coir_kernels.topk_excluding(q, g, 5, exclude)
     assert calls == ["rank", "topk"]
     # explicit triton on CPU without the interpreter: a clear error
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        kernels.topk_excluding(q, g, 5, exclude, impl="triton")
+        coir_kernels.topk_excluding(q, g, 5, exclude, impl="triton")
     with pytest.raises(ValueError, match="unknown kernel implementation"):
-        kernels.topk_excluding(q, g, 5, exclude, impl="cuda-magic")
+        coir_kernels.topk_excluding(q, g, 5, exclude, impl="cuda-magic")
 
 
 def test_interpreter_runs_a_full_block_problem_quickly():
@@ -98,7 +98,7 @@ os.environ["TRITON_INTERPRET"] = "0"
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.triton_ops import mixed, rank_counts, topk
+from coir_kernels.triton_ops import mixed, rank_counts, topk
 
 config = dict(BLOCK_Q=128, BLOCK_G=128, BLOCK_D=64)  # block_config's fp16 rank tiles
 single = dict(S_TOK=1, T_TOK=1)

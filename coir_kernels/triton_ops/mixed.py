@@ -1,7 +1,7 @@
 """Rank counts of mixed queries w0*q + w1*t + w2*f for every weight triple in one
 gallery pass: the three score tiles q.g, t.g, f.g are computed once per gallery
 block and every triple is compared there (harness/mixing/sweep.py calls this
-through kernels.mixed_rank_counts)."""
+through coir_kernels.mixed_rank_counts)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_ops.rank_counts import checked_labels, positive_scores
-from kernels.triton_ops.tiles import _score_tile, copies_of, operands, plan
+from coir_kernels.triton_ops.rank_counts import checked_labels, positive_scores
+from coir_kernels.triton_ops.tiles import _score_tile, copies_of, operands, plan
 
 
 @triton.jit

@@ -10,7 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 
 import torch  # noqa: E402
 
-from kernels import reference, triton_ops  # noqa: E402
+from coir_kernels import reference, triton_ops  # noqa: E402
 
 # The interpreted kernels run in this process only if triton's library agrees with them.
 USABLE = triton_ops.INTERPRETED == triton_ops.LIBRARY_INTERPRETED

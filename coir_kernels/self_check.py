@@ -31,8 +31,8 @@ def _problem(device: torch.device, tokens: int = 0):
 
 
 def _agrees(op: str, device: torch.device) -> bool:
-    from kernels import reference
-    from kernels import triton_ops as tk
+    from coir_kernels import reference
+    from coir_kernels import triton_ops as tk
 
     query, gallery, positives, exclude = _problem(device)
     offset = None

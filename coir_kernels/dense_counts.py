@@ -1,7 +1,7 @@
 """Rank counts inside a score matrix that is already whole: CIRR's image-set subsets
 (a handful of candidates per query, plain or mixed scores). Gallery-sized rankings
-stream their scores instead (`kernels/reference.py`, which re-exports this as
-`kernels.reference.rank_counts_dense`, the name the harness calls).
+stream their scores instead (`coir_kernels/reference.py`, which re-exports this as
+`coir_kernels.reference.rank_counts_dense`, the name the harness calls).
 """
 
 from __future__ import annotations

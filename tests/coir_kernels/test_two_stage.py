@@ -1,4 +1,4 @@
-"""The two-stage exact rank path (kernels/two_stage.py): its error bound holds, and
+"""The two-stage exact rank path (coir_kernels/two_stage.py): its error bound holds, and
 its counts are the fp32 reference's on random problems, on problems built to put
 many items at the edge of the band, with copies, for max-sim and for the mixed sweep."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import reference, two_stage
-from tests.kernels.problems import assert_counts_equal, make_problem
+import coir_kernels
+from coir_kernels import reference, two_stage
+from tests.coir_kernels.problems import assert_counts_equal, make_problem
 
 FORMATS = [torch.bfloat16, torch.float16]
 
@@ -213,15 +213,15 @@ def test_dispatch_takes_two_stage_on_a_bf16_cpu_and_says_so(monkeypatch):
     expected = reference.target_rank_counts(q, g, positives, exclude)
     monkeypatch.delenv("COIR_KERNELS", raising=False)
     for fast, chosen in ((True, "two-stage"), (False, "reference")):
-        monkeypatch.setattr(kernels, "cpu_multiplies_bf16", lambda fast=fast: fast)
-        assert_counts_equal(kernels.target_rank_counts(q, g, positives, exclude), expected, torch.float32)
-        assert kernels.used()["target_rank_counts"] == chosen
-    monkeypatch.setattr(kernels, "cpu_multiplies_bf16", lambda: True)
+        monkeypatch.setattr(coir_kernels, "cpu_multiplies_bf16", lambda fast=fast: fast)
+        assert_counts_equal(coir_kernels.target_rank_counts(q, g, positives, exclude), expected, torch.float32)
+        assert coir_kernels.used()["target_rank_counts"] == chosen
+    monkeypatch.setattr(coir_kernels, "cpu_multiplies_bf16", lambda: True)
     monkeypatch.setenv("COIR_KERNELS", "reference")  # fp32 only, on request
-    kernels.target_rank_counts(q, g, positives, exclude)
-    assert kernels.used()["target_rank_counts"] == "reference"
-    kernels.topk_excluding(q, g, 3, exclude, impl="two-stage")  # no two-stage top-K: the reference
-    assert kernels.used()["topk_excluding"] == "reference"
+    coir_kernels.target_rank_counts(q, g, positives, exclude)
+    assert coir_kernels.used()["target_rank_counts"] == "reference"
+    coir_kernels.topk_excluding(q, g, 3, exclude, impl="two-stage")  # no two-stage top-K: the reference
+    assert coir_kernels.used()["topk_excluding"] == "reference"
 
 
 @pytest.mark.gpu
@@ -236,7 +236,7 @@ def test_on_cuda_counts_equal_the_reference(dtype):
 
 @pytest.mark.gpu
 def test_self_check_passes_every_triton_operation_on_this_card():
-    from kernels import self_check
+    from coir_kernels import self_check
 
     device = torch.device("cuda")
     for op in ("target_rank_counts", "topk_excluding", "mixed_rank_counts"):
@@ -244,7 +244,7 @@ def test_self_check_passes_every_triton_operation_on_this_card():
 
 
 def test_self_check_falls_back_and_warns_once_on_a_disagreeing_kernel(monkeypatch):
-    from kernels import self_check
+    from coir_kernels import self_check
 
     monkeypatch.setattr(self_check, "_agrees", lambda op, device: False)
     monkeypatch.setattr(self_check, "_RESULTS", {})

@@ -2,16 +2,16 @@
 fl32(s(q, g) + offset[g]), s the score each implementation computes without one.
 
 The offset is added once, in fp32, after everything else that makes s: copies of a
-row (`kernels/duplicates.py`) take their group's one s, then each its own offset.
+row (`coir_kernels/duplicates.py`) take their group's one s, then each its own offset.
 fp32 addition rounds to nearest, which is monotone: for a fixed offset a higher s
 never gives a lower sum, and for a fixed s a higher offset never does. So copies
 with equal offsets keep identical bits (they still tie), copies with different
 offsets are ordered by their offsets on every machine, and the counts' rules
-(kernels/__init__.py) read the sums exactly as they read plain scores.
+(coir_kernels/__init__.py) read the sums exactly as they read plain scores.
 
 Hubness corrections are the use: querybank normalisation / inverted softmax
 (offset = -lse / beta) and CSLS (offset = -topk_mean / 2), from the query-bank
-statistics of `kernels/bank.py`.
+statistics of `coir_kernels/bank.py`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def at(scores: torch.Tensor, offset: torch.Tensor | None, items: torch.Tensor) -
 
 def widened_margin(bound: torch.Tensor, norm: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
     """A low-precision band's half-width E (R,) per query row, widened by what the
-    offset's fp32 additions can round (`kernels/two_stage.py`); E as is without an offset.
+    offset's fp32 additions can round (`coir_kernels/two_stage.py`); E as is without an offset.
 
     Let s~ be an item's low-precision score, s its exact fp32 score, |s~ - s| <= E, and
     N = `norm` (R,) (|q| max |g|, so |s| <= N + E and |s~| <= N + 2E), O = max |offset|,

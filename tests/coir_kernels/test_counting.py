@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import counting
+from coir_kernels import counting
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])

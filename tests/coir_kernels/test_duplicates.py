@@ -19,8 +19,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import duplicates, reference  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
+from coir_kernels import duplicates, reference  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
 
 MARGIN = 1e-4  # fp32 scores of unit vectors with D <= 64 are off by < 1e-5
 INTERPRETED = tk.INTERPRETED and tk.INTERPRETED == tk.LIBRARY_INTERPRETED

@@ -2,14 +2,14 @@
 
 Each function dispatches to an implementation: `reference` (chunked torch in fp32,
 any device; its counting loops compiled by torch.compile on CPU), `two-stage`
-(`kernels/two_stage.py`: scores in bf16, only the items within the bf16 error
+(`coir_kernels/two_stage.py`: scores in bf16, only the items within the bf16 error
 bound of a positive rescored in fp32; the same counts, for rank counts and the
-mixed sweep) or `triton` (fused kernels in `kernels/triton_ops/`: single vectors
+mixed sweep) or `triton` (fused kernels in `coir_kernels/triton_ops/`: single vectors
 (Q, D) x (G, D), BLIP-2's multi-vector max-sim (Q, S, D) x (G, T, D) with S, T
 powers of two up to TRITON_MAX_TOKENS, top-K up to TRITON_MAX_K). The choice
 comes from the `impl` argument, else the COIR_KERNELS environment variable, else
 `auto`: Triton when the tensors are on CUDA and triton imports (each operation
-first checked against the reference on a small problem, `kernels/self_check.py`),
+first checked against the reference on a small problem, `coir_kernels/self_check.py`),
 two-stage for rank counts on a CPU that multiplies bf16 natively (avx512_bf16 or
 AMX), the reference otherwise. `used()` says what scored in this process. Inputs the
 kernels do not cover (other token counts, k > TRITON_MAX_K) run the reference
@@ -20,12 +20,12 @@ through these functions.
 
 Score offsets: `target_rank_counts` and `topk_excluding` take `offset` (G,) float32,
 finite, on the gallery's device: item g then scores fl32(s(q, g) + offset[g]) in
-every implementation (`kernels/offsets.py`), s the score it computes without one, and
+every implementation (`coir_kernels/offsets.py`), s the score it computes without one, and
 everything below reads those sums (counts, the positive's returned score, top-K's
 scores and order). Two-stage adds it to the low-precision and the exact scores and
 widens its band by the additions' rounding. `mixed_rank_counts` takes none.
 `bank_statistics` gives the query-bank statistics hubness offsets are made of
-(log-sum-exp and top-k mean per gallery item, `kernels/bank.py`: torch only, any
+(log-sum-exp and top-k mean per gallery item, `coir_kernels/bank.py`: torch only, any
 device, one chunked pass over the bank).
 
 Ties and copies, the same in every implementation:
@@ -36,7 +36,7 @@ Ties and copies, the same in every implementation:
   for multi-vector items all T rows) are one item for scoring: each group is
   scored once per query, from its first row (summed in float64 and rounded once,
   so the bits do not depend on the call or the rank), and every member takes that score
-  (`kernels/duplicates.py`). So a copy of a positive is always "equal", never
+  (`coir_kernels/duplicates.py`). So a copy of a positive is always "equal", never
   "greater" or "less", copies of any item fall on the same side of every positive,
   and top-K lists copies in gallery order. Without this the counts would depend on
   the machine: a matmul may give one row two different last bits at two positions
@@ -61,8 +61,8 @@ import os
 
 import torch
 
-from kernels import bank as _bank
-from kernels import offsets, reference, self_check, two_stage
+from coir_kernels import bank as _bank
+from coir_kernels import offsets, reference, self_check, two_stage
 
 IMPLEMENTATIONS = ("reference", "two-stage", "triton")
 TRITON_MAX_K = 64  # = triton_ops.MAX_K, kept here so dispatch needs no triton import
@@ -146,7 +146,7 @@ def _choose(impl: str | None, query: torch.Tensor, gallery: torch.Tensor, k: int
 
 
 def _triton():
-    from kernels import triton_ops
+    from coir_kernels import triton_ops
 
     return triton_ops
 
@@ -224,7 +224,7 @@ def bank_statistics(bank: torch.Tensor, gallery: torch.Tensor, beta: float, k: i
     L2-normalised by the caller (scores are plain dot products s(b, g)):
     (lse, topk_mean), each (G,) float64, lse[g] = logsumexp_b(beta * s(b, g)) and
     topk_mean[g] the mean of the k largest s(b, g), k <= B. One chunked pass over
-    the bank (`kernels/bank.py`). Hubness offsets: -lse / beta (querybank
+    the bank (`coir_kernels/bank.py`). Hubness offsets: -lse / beta (querybank
     normalisation, inverted softmax), -topk_mean / 2 (CSLS)."""
     return _bank.bank_statistics(bank, gallery, beta, k)
 

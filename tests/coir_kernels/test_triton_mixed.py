@@ -1,4 +1,4 @@
-"""The fused mixed-sweep kernel (kernels/triton_ops/mixed.py) against the reference and
+"""The fused mixed-sweep kernel (coir_kernels/triton_ops/mixed.py) against the reference and
 against ranking each mixed query directly, interpreted on CPU."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import reference  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
-from tests.kernels.problems import (  # noqa: E402
+from coir_kernels import reference  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
+from tests.coir_kernels.problems import (  # noqa: E402
     SMALL_BLOCKS,
     WEIGHTS,
     assert_counts_equal,

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_ops.tiles import _add_offset, _score_tile, copies_of, offset_operand, plan
+from coir_kernels.triton_ops.tiles import _add_offset, _score_tile, copies_of, offset_operand, plan
 
 MAX_K = 64  # the running top-K lives in registers: K_PAD <= 64
 _KEY_NONE = tl.constexpr(-(2**63))  # int64 key below every real score key

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import reference
+import coir_kernels
+from coir_kernels import reference
 
 
 def brute_counts(q, g, positives, exclude):
@@ -59,11 +59,11 @@ def test_topk_excluding_is_a_stable_sorted_prefix(k):
 
 def test_public_functions_check_shapes():
     with pytest.raises(ValueError, match="same D"):
-        kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 5), 1, torch.full((2,), -1))
+        coir_kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 5), 1, torch.full((2,), -1))
     with pytest.raises(ValueError, match="empty"):
-        kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(0, 3), 1, torch.full((2,), -1))
+        coir_kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(0, 3), 1, torch.full((2,), -1))
     with pytest.raises(ValueError, match="unknown kernel implementation"):
-        kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 3), 1, torch.full((2,), -1), impl="cuda-magic")
+        coir_kernels.topk_excluding(torch.zeros(2, 3), torch.zeros(4, 3), 1, torch.full((2,), -1), impl="cuda-magic")
 
 
 @pytest.mark.parametrize("query_tokens", [None, 4])
@@ -96,7 +96,7 @@ def test_mixed_rank_counts_equal_direct_evaluation_of_each_triple():
     exclude = torch.randint(0, 300, (40,))
     exclude[(positives == exclude[:, None]).any(1)] = -1
     weights = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.2, 0.3, 0.5], [0.6, 0.0, 0.4]])
-    greater, equal, _ = kernels.mixed_rank_counts((q, t, f), g, weights, positives, exclude)
+    greater, equal, _ = coir_kernels.mixed_rank_counts((q, t, f), g, weights, positives, exclude)
     unit = [torch.nn.functional.normalize(x, dim=-1) for x in (q, t, f)]
     gallery = torch.nn.functional.normalize(g, dim=-1)
     for i, w in enumerate(weights):
@@ -135,16 +135,16 @@ def test_settling_items_no_triple_can_move_changes_no_count(kind, monkeypatch):
 def test_mixed_rank_counts_refuse_bad_weights_and_multi_vector():
     q = torch.randn(3, 4)
     with pytest.raises(ValueError, match=r"\(W, 3\)"):
-        kernels.mixed_rank_counts((q, q, q), torch.randn(5, 4), torch.ones(2, 2), torch.zeros(3, 1).long(),
+        coir_kernels.mixed_rank_counts((q, q, q), torch.randn(5, 4), torch.ones(2, 2), torch.zeros(3, 1).long(),
                                   torch.full((3,), -1))
     with pytest.raises(ValueError, match="single-vector"):
-        kernels.mixed_rank_counts((q, q, q), torch.randn(5, 2, 4), torch.ones(1, 3), torch.zeros(3, 1).long(),
+        coir_kernels.mixed_rank_counts((q, q, q), torch.randn(5, 2, 4), torch.ones(1, 3), torch.zeros(3, 1).long(),
                                   torch.full((3,), -1))
 
 
 def test_stable_top_is_the_head_of_the_stable_sort_with_ties_across_the_cut():
-    """kernels/stable_top.py: rows with and without ties at the k-th value, every k."""
-    from kernels.stable_top import stable_top
+    """coir_kernels/stable_top.py: rows with and without ties at the k-th value, every k."""
+    from coir_kernels.stable_top import stable_top
 
     generator = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 5, (300, 40), generator=generator).float()  # many ties

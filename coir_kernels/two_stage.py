@@ -27,10 +27,10 @@ What the reference computes for a rescored item is one fp32 rounding of q . g; o
 rescoring rounds it once too, perhaps in another order, so the two may differ in the
 last bits: counts differ only where an item's fp32 score and the positive's are
 within about 2 gamma |q||g| of each other, where fp32 itself gives a machine-dependent
-order (kernels/__init__.py, "Ties and copies"). Copies of a gallery row take their
+order (coir_kernels/__init__.py, "Ties and copies"). Copies of a gallery row take their
 group's one fp32 score here as in the reference, so a copy of a positive always ties.
 
-A score offset per item (`kernels/offsets.py`) is added in fp32 to the low-precision
+A score offset per item (`coir_kernels/offsets.py`) is added in fp32 to the low-precision
 scores and to the exact ones alike, and the band's half-width grows by what those
 additions (and the band's ends) can round, 8 u32 (|q| G + E + max|offset|): the
 bound then holds between the offset scores (`offsets.widened_margin` derives it).
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import counting, duplicates, gemm, offsets, reference
+from coir_kernels import counting, duplicates, gemm, offsets, reference
 
 # float32: the fp32 GEMM itself, whose scores differ from a rescoring's by at most 2 gamma
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 0.0}
@@ -127,7 +127,7 @@ def target_rank_counts(query: torch.Tensor, gallery: torch.Tensor, positives: to
                        exclude: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
                        query_tile: int | None = None, gallery_tile: int | None = None,
                        offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`kernels.reference.target_rank_counts`, the same counts, scored in `dtype`; each
+    """`coir_kernels.reference.target_rank_counts`, the same counts, scored in `dtype`; each
     item's `offset` (G,) added if given."""
     copies = reference.Copies(duplicates.find(gallery), gallery.float())
     return counts_against(query, gallery, positives, exclude, copies, None, dtype, query_tile, gallery_tile,
@@ -299,7 +299,7 @@ def mixed_rank_counts(parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ga
                       weights: torch.Tensor, positives: torch.Tensor, exclude: torch.Tensor,
                       dtype: torch.dtype = torch.bfloat16, rows_per_chunk: int = 256
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`kernels.reference.mixed_rank_counts`, its three score blocks in `dtype`.
+    """`coir_kernels.reference.mixed_rank_counts`, its three score blocks in `dtype`.
 
     With weights >= 0, an item whose three low-precision differences to the positive
     all exceed their margins (d~_k > E_k) is above the positive for every triple

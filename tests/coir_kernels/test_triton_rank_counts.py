@@ -1,4 +1,4 @@
-"""The fused rank-count kernels (kernels/triton_ops/rank_counts.py) against the reference,
+"""The fused rank-count kernels (coir_kernels/triton_ops/rank_counts.py) against the reference,
 interpreted on CPU."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before any import of triton
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import reference  # noqa: E402
-from kernels import triton_ops as tk  # noqa: E402
-from tests.kernels.problems import (  # noqa: E402
+from coir_kernels import reference  # noqa: E402
+from coir_kernels import triton_ops as tk  # noqa: E402
+from tests.coir_kernels.problems import (  # noqa: E402
     SHAPES,
     SMALL_BLOCKS,
     assert_counts_equal,

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import duplicates, reference
+from coir_kernels import duplicates, reference
 
 # Read by @triton.jit at decoration time: the kernels are interpreted (run on CPU
 # tensors) exactly when this was set before this package's import.
@@ -102,7 +102,7 @@ def _score_tile(
     each query's and each item's tokens. The (Q, G, S, T) tensor of CoVR-2's
     evaluation exists one tile at a time, in registers.
 
-    Copies of a gallery row (HAS_COPIES, `kernels/duplicates.py`) take their
+    Copies of a gallery row (HAS_COPIES, `coir_kernels/duplicates.py`) take their
     group's one score, copy_score (Q, num_copy_groups) fp32, in place of the tile's:
     the tile's bits for a row depend on where the row sits in it. Reads: BLOCK_G
     group ids per tile, and a group score only where a column is a copy."""
@@ -142,7 +142,7 @@ def _score_tile(
 @triton.jit
 def _add_offset(acc, offset_ptr, cols, num_gallery, HAS_OFFSET: tl.constexpr):
     """The (BLOCK_Q, BLOCK_G) tile plus each column's score offset (fp32, one rounding:
-    `kernels/offsets.py`), after copies took their group's score; as is without one.
+    `coir_kernels/offsets.py`), after copies took their group's score; as is without one.
     Every kernel adds it to the tile `_score_tile` gave it, so pass 1's positive
     scores stay pass 2's bits."""
     if HAS_OFFSET:
@@ -171,7 +171,7 @@ def check_device(query: torch.Tensor, gallery: torch.Tensor) -> None:
     if query.device.type != "cuda" and not INTERPRETED:
         raise RuntimeError(
             "the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before "
-            "triton (and kernels.triton_ops) is first imported to run them on CPU"
+            "triton (and coir_kernels.triton_ops) is first imported to run them on CPU"
         )
 
 

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_ops.tiles import (
+from coir_kernels.triton_ops.tiles import (
     Launch,
     _add_offset,
     _score_tile,
