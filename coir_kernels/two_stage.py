@@ -267,18 +267,8 @@ class _Chunk:
         self.at_least[:, p].index_add_(0, row, (exact >= own).long())
 
     def _exact(self, row: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        """fp32 scores of (row, item) pairs, as the reference has them: a copy takes its
-        group's score, any other item one product of its own row."""
-        score = torch.empty(len(row), device=row.device)
-        step = exact_pairs_per_call(self.q32, self.g32)
-        for start in range(0, len(row), step):  # bounded: a wide band can hold every pair of a tile
-            score[start : start + step] = reference.rowwise_similarity(self.q32[row[start : start + step]],
-                                                                       self.g32[item[start : start + step]])
-        groups = self.copies.groups
-        if groups is not None:
-            group = groups.group[item]
-            member = torch.nonzero(group >= 0).squeeze(1)
-            score[member] = self.group_scores[row[member], group[member]]
+        """fp32 scores of (row, item) pairs, as the reference has them, offsets added."""
+        score = _exact_scores(self.q32, self.g32, self.copies, self.group_scores, row, item)
         return offsets.at(score, self.offset, item)
 
     def _take_out(self, tile: torch.Tensor, block: int, live: torch.Tensor, p: int) -> None:
@@ -383,12 +373,19 @@ def _mixed_column(blocks_lp, three, g, copies, group_scores, own, pos, skip, w, 
     return above + settled_above, at_least + settled_above
 
 
-def _exact_scores(part, g, copies, group_scores, at, item):
-    """fp32 scores of (row, item) pairs of one part, copies taking their group's score."""
-    score = reference.rowwise_similarity(part[at], g[item])
+def _exact_scores(query, gallery, copies, group_scores, row, item):
+    """fp32 scores of (row, item) pairs, as the reference has them: a copy takes its
+    group's score, any other item one product of its own row. Gathered and scored
+    EXACT_CALL_BYTES at a time: a wide band (or a mixed column's unsettled items) can
+    hold every pair of a tile."""
+    score = torch.empty(len(row), device=row.device)
+    step = exact_pairs_per_call(query, gallery)
+    for start in range(0, len(row), step):
+        pairs = slice(start, start + step)
+        score[pairs] = reference.rowwise_similarity(query[row[pairs]], gallery[item[pairs]])
     groups = copies.groups
     if groups is not None:
         group = groups.group[item]
         member = torch.nonzero(group >= 0).squeeze(1)
-        score[member] = group_scores[at[member], group[member]]
+        score[member] = group_scores[row[member], group[member]]
     return score

@@ -91,6 +91,27 @@ def test_a_band_that_takes_in_a_whole_tile_is_rescored_in_bounded_calls(monkeypa
     assert max(calls) <= len(q) and sum(n for n in calls if n <= 5) > 200
 
 
+def test_the_mixed_sweep_rescores_in_bounded_calls(monkeypatch):
+    """The mixed sweep's unsettled items are rescored EXACT_CALL_BYTES at a time too."""
+    from benches.scoring_job import simplex
+
+    gen = torch.Generator().manual_seed(2)
+    g = torch.nn.functional.normalize(torch.randn(800, 32, generator=gen), dim=-1)
+    target = torch.randint(0, 800, (40,), generator=gen)
+    parts = tuple(torch.nn.functional.normalize(g[target] + s * torch.randn(40, 32, generator=gen), dim=-1)
+                  for s in (0.3, 1.0, 0.2))
+    positives, exclude, weights = target[:, None], torch.full((40,), -1), simplex(6)
+    expected = reference.mixed_rank_counts(parts, g, weights, positives, exclude)
+    monkeypatch.setattr(two_stage, "EXACT_CALL_BYTES", 3 * 8 * (2 * g.shape[1] + 1))
+    calls = []
+    rowwise = reference.rowwise_similarity
+    monkeypatch.setattr(reference, "rowwise_similarity", lambda a, b: calls.append(len(a)) or rowwise(a, b))
+    got = two_stage.mixed_rank_counts(parts, g, weights, positives, exclude, rows_per_chunk=16)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    # the positives' own scores take one call per chunk (16 rows); the rescoring calls 3 pairs at most
+    assert max(calls) <= 16 and sum(n for n in calls if n <= 3) > 100
+
+
 @pytest.mark.parametrize("tiles", [(None, None), (7, 64), (64, 33)])
 @pytest.mark.parametrize("kind", ["random", "integer", "equal", "reference_best"])
 def test_counts_equal_the_reference_for_every_kind_and_tile(kind, tiles):
