@@ -22,19 +22,20 @@ from harness.suites.base import SplitData
 
 
 def score(protocol, data: SplitData, embeddings, rules: ScoringRules, out_dir: Path, stem: str,
-          normalised_by: str | None = None) -> dict:
+          normalised_by: str | None = None, server_stem: str | None = None) -> dict:
     """{"metrics", "intervals", "per_query_file", "records"} for a split with targets,
     {"server_files"} for one without (written into out_dir); both with the
     "token_pooling" and "similarity" actually used. `rules` are resolved for the
     protocol (harness/evaluation/protocols `resolved`); multi-vector embeddings are
     scored as `rules.token_pooling` pools them; `normalised_by`: who made the vectors
-    unit length, where the caller did (harness.score --normalize)."""
+    unit length, where the caller did (harness.score --normalize); `server_stem`: the
+    server files' name stem where it is not `stem` (a two-stage run's first stage)."""
     scored: dict = {"metrics": None, "server_files": None,
                     "token_pooling": token_pooling.recorded_rule(embeddings, rules.token_pooling),
                     "similarity": token_pooling.similarity_name(embeddings, rules.token_pooling, normalised_by)}
     embeddings = token_pooling.pooled(embeddings, rules.token_pooling)
     if not data.has_targets or getattr(protocol, "val_predictions", False):
-        scored["server_files"] = protocol.write_server_files(data, embeddings, rules, out_dir, stem)
+        scored["server_files"] = protocol.write_server_files(data, embeddings, rules, out_dir, server_stem or stem)
     if not data.has_targets:
         return scored
     scored["metrics"] = protocol.evaluate(data, embeddings, rules)

@@ -206,9 +206,11 @@ def two_stage(config: RunConfig, model: Model, suite, data: SplitData, train_dat
 
 def with_second_stage(scored: dict, block: dict, records: list[dict] | None, per_query_path: Path) -> None:
     """The second stage into a run's scores: its block, the final ranking's server files
-    (the first stage's keep the ".stage1" name) and its entry in every per-query record."""
+    (the first stage's, which `score` wrote under the ".stage1" stem, listed in the block)
+    and its entry in every per-query record."""
     scored["rerank"] = block
     if block.get("server_files"):
+        block["stage1_server_files"] = scored["server_files"]
         scored["server_files"] = block["server_files"]
     if records and scored.get("records"):
         for record, entry in zip(scored["records"], records):
@@ -263,7 +265,8 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
         if config.rerank else None
     if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
         return None
-    scored = score(protocol, data, embeddings, rules, out_dir, stem)
+    # a two-stage run's final server files take the run's stem, the first stage's its ".stage1" stem
+    scored = score(protocol, data, embeddings, rules, out_dir, stem, server_stem=f"{stem}.stage1" if reranked else None)
     if reranked:
         with_second_stage(scored, *reranked, out_dir / f"{stem}.queries.jsonl")
     if config.save_embeddings:

@@ -23,6 +23,7 @@ from harness.evaluation.protocols.base import ScoringRules
 from harness.evaluation.reference_rule import excluded_indices, excluded_items
 from harness.pipeline import run
 from harness.rerank import RERANKERS
+from harness.rerank import step as rerank_step
 from harness.rerank.base import RerankSettings
 from harness.rerank.candidates import Candidates, first_stage
 from harness.rerank.final import final_embeddings, first_stage_matrix
@@ -131,9 +132,18 @@ def test_the_option_leaves_stage_1_alone_and_reports_both(tmp_path):
     assert bool(moved) == ("What the second stage" in page)  # the queries it fixed or broke, when there are any
 
 
-def test_a_split_without_targets_writes_the_final_rankings_server_files(tmp_path):
+def test_a_split_without_targets_writes_the_final_rankings_server_files(tmp_path, monkeypatch):
+    """The re-ranker (a stub) reverses each top 5: the run's server files hold that order,
+    the first stage's files keep theirs under the ".stage1" name."""
     plain = random_model_run(tmp_path, split="test1")
     plain_files = {name: json.loads(open(path).read()) for name, path in plain["server_files"].items()}
+    real = rerank_step.second_stage
+
+    def reversing(reranker, data, gallery_ids, candidates, *args):
+        _, cost = real(reranker, data, gallery_ids, candidates, *args)
+        return [torch.arange(len(i), dtype=torch.float32) for i in candidates.index], cost
+
+    monkeypatch.setattr(rerank_step, "second_stage", reversing)
     two = random_model_run(tmp_path, split="test1", rerank="blip-itm", rerank_k=5)
     block = two["rerank"]
     assert two["server_files"] == block["server_files"] and "stage2" not in block
@@ -145,6 +155,7 @@ def test_a_split_without_targets_writes_the_final_rankings_server_files(tmp_path
     for pair_id, ranked in final.items():
         if pair_id not in ("version", "metric"):
             assert sorted(ranked[:5]) == sorted(first[pair_id][:5]) and ranked[5:] == first[pair_id][5:]
+            assert ranked[:5] == first[pair_id][:5][::-1]
 
 
 def test_a_trained_re_ranker_reloads_from_its_checkpoint(tmp_path):

@@ -1,7 +1,8 @@
 """A run's second stage: each query's first-stage top K re-scored by a re-ranker, the
 final ranking scored by the suite's own protocol beside the first stage's on the same
 queries (each with its bootstrap interval, and the paired interval of stage 2 minus
-stage 1), the final ranking's server files, and its per-query entries.
+stage 1), the final ranking's server files (the first stage's are the run's own scoring,
+under the ".stage1" stem: harness/pipeline.py), and its per-query entries.
 
 With --rerank-fusion tuned, alpha is chosen on one seeded half of the queries (the
 mixing step's halves) for the protocol's headline metric and both stages are reported
@@ -95,14 +96,12 @@ def rerank_step(settings: RerankSettings, reranker, protocol, rules, data, embed
         final_emb = final.embeddings(settings.fusion_alpha())
         block["fusion"] = {"rule": settings.fusion, "alpha": settings.fusion_alpha()}
         block["server_files"] = protocol.write_server_files(data, final_emb, rules, out_dir, stem)
-        block["stage1_server_files"] = protocol.write_server_files(data, emb, rules, out_dir, f"{stem}.stage1")
         block["seconds"] = time.perf_counter() - started
         return block, None
     block.update(scored_stages(settings, final, protocol, rules))
     final_emb = final.embeddings(block["fusion"]["alpha"])
     if getattr(protocol, "val_predictions", False):
         block["server_files"] = protocol.write_server_files(data, final_emb, rules, out_dir, stem)
-        block["stage1_server_files"] = protocol.write_server_files(data, emb, rules, out_dir, f"{stem}.stage1")
     records = reranked_records(protocol, rules, data, final_emb, candidates,
                                second_stage_values(candidates, stage2, block["fusion"]["alpha"]), emb.gallery_ids)
     block["seconds"] = time.perf_counter() - started
