@@ -76,15 +76,28 @@ class ComposerBase:
         write_checksums(directory)  # verified wherever it is loaded (backbones/integrity.py)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(
-            list(texts),
-            padding="longest",
-            truncation=True,
-            max_length=min(self.max_text_len, self.text_positions),
-            return_tensors="pt",
-        )
-        return {"input_ids": batch["input_ids"].to(self.device),
-                "attention_mask": batch["attention_mask"].to(self.device)}
+        """The tokenizer's batch (padding to the longest, truncation at the phase's
+        length), from each text's ids tokenized once per composer: training reads
+        every caption once per epoch."""
+        length = min(self.max_text_len, self.text_positions)
+        rows = [self._token_ids(text, length) for text in texts]
+        longest = max((len(r) for r in rows), default=0)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, row in enumerate(rows):
+            span = slice(longest - len(row), longest) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def _token_ids(self, text: str, length: int) -> list[int]:
+        known = self.__dict__.setdefault("_known_token_ids", {})
+        key = (id(self.tokenizer), text, length)  # a swapped tokenizer tokenizes afresh
+        if key not in known:
+            known[key] = self.tokenizer(text, truncation=True, max_length=length)["input_ids"]
+        return known[key]
 
 
 class BlipComposer(ComposerBase):

@@ -13,7 +13,12 @@ expression make it write the expression out first, ten times slower); callers
 keep blocks under 2**15 columns so the packing cannot overflow.
 
 CUDA tensors, and machines where compiling fails (no C++ compiler), run the same
-arithmetic eagerly. `COIR_COMPILE=0` forces the eager path.
+arithmetic eagerly. `COIR_COMPILE=0` forces the eager path. The comparison counts
+(`count_above`, `count_band`) also run eagerly until a process has counted
+EAGER_SCORES scores: compiling costs seconds once per process, more than a small
+evaluation's whole counting, and both paths give the same integers (comparisons
+are exact). The mixed sweep always compiles: its mixed score is one formula, with
+one rounding, for every caller.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ import torch
 
 # Columns per counting call: both counts stay below 2**15, so the packed int32 holds.
 MAX_COLUMNS = 1 << 14
+# Scores a process counts eagerly before compiling pays (eager: about 3 passes over
+# them; compiling: seconds, once).
+EAGER_SCORES = 1 << 27
+_eager_left = EAGER_SCORES
 _SHIFT = 1 << 16
 
 
@@ -73,6 +82,16 @@ def _compiled(fn):
 _broken: set[str] = set()
 
 
+def _run_comparison(fn, scores: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
+    """`_run` for the exact comparison counts: eager while this process has counted
+    fewer than EAGER_SCORES scores."""
+    global _eager_left
+    if _eager_left > 0:
+        _eager_left -= scores.numel()
+        return fn(scores, *bounds)
+    return _run(fn, scores, *bounds)
+
+
 def _run(fn, *args: torch.Tensor) -> torch.Tensor:
     """The compiled `fn` on CPU tensors, eager elsewhere or if compiling fails."""
     if args[0].is_cuda or not _compile_enabled() or fn.__name__ in _broken:
@@ -102,7 +121,7 @@ def count_above(scores: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Te
     at_least = torch.zeros_like(greater)
     column = threshold.to(scores.dtype)[:, None]
     for start in range(0, scores.shape[1], MAX_COLUMNS):
-        g, ge = unpack(_run(_packed_counts, scores[:, start : start + MAX_COLUMNS], column))
+        g, ge = unpack(_run_comparison(_packed_counts, scores[:, start : start + MAX_COLUMNS], column))
         greater += g
         at_least += ge
     return greater, at_least
@@ -138,7 +157,7 @@ def count_band(scores: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> t
     possible = torch.zeros_like(sure)
     low, high = low.float()[:, None], high.float()[:, None]
     for start in range(0, scores.shape[1], MAX_COLUMNS):
-        g, ge = unpack(_run(_packed_band_counts, scores[:, start : start + MAX_COLUMNS], low, high))
+        g, ge = unpack(_run_comparison(_packed_band_counts, scores[:, start : start + MAX_COLUMNS], low, high))
         sure += g
         possible += ge
     return sure, possible

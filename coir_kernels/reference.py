@@ -15,10 +15,10 @@ from coir_kernels.stable_top import stable_top
 
 # Rows of the score matrix held at once; 1024 x 1M fp32 is 4 GB, the most we allow.
 _TARGET_CHUNK_BYTES = 1 << 30
-# Single-vector tiles: 1024 x 4096 fp32 scores (16 MB) are counted while still in the
-# last-level cache; 1024 rows amortise BLAS's packing of each gallery block.
-QUERY_TILE = 1024
-GALLERY_TILE = 4096
+# Single-vector tiles (query rows, gallery columns): None takes the shape this
+# machine's GEMM runs fastest at (coir_kernels/gemm.py plan); an int fixes it.
+QUERY_TILE: int | None = None
+GALLERY_TILE: int | None = None
 # Weight sweeps: query rows per chunk, and the fewest triples for which settling
 # items that no triple can move (`_settled_columns`) pays for its pass.
 SWEEP_ROWS = 128
@@ -112,12 +112,13 @@ def target_rank_counts(
     pos_scores = torch.full(positives.shape, float("nan"), device=device)
     q_all, g_all = query.float(), gallery.float()
     copies = Copies(duplicates.find(gallery), g_all)
-    step = chunk or QUERY_TILE
+    plan = gemm.plan_for(query.shape[0], gallery.shape[0], query.shape[-1])
+    step = chunk or QUERY_TILE or plan.query_rows
     for start in range(0, query.shape[0], step):
         stop = min(start + step, query.shape[0])
         pos = positives[start:stop].to(device)
         above, at_least, own = _tiled_counts(q_all[start:stop], g_all, pos, exclude[start:stop].to(device), copies,
-                                             offset)
+                                             offset, plan)
         pad = pos < 0
         greater[start:stop] = above.masked_fill(pad, 0)
         equal[start:stop] = (at_least - above).masked_fill(pad, 0)
@@ -126,10 +127,12 @@ def target_rank_counts(
 
 
 def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies,
-                  offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One query chunk against the gallery, tile by tile: (items above each positive,
-    items at least as high, the positives' scores), the positive and the excluded
-    item not counted."""
+                  offset: torch.Tensor | None = None, plan: gemm.Plan | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One query chunk against the gallery, tile by tile (`plan`'s GEMM and gallery
+    columns; default: the gallery's plan): (items above each positive, items at least
+    as high, the positives' scores), the positive and the excluded item not counted."""
+    plan = plan or gemm.plan_for(q.shape[0], g_all.shape[0], q.shape[-1])
     rows = torch.arange(q.shape[0], device=q.device)
     group_scores = copies.scores(q)
     own = torch.stack([offsets.at(copies.own(q, g_all, pos[:, p], group_scores), offset, pos[:, p])
@@ -138,8 +141,10 @@ def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip:
     above = torch.zeros(pos.shape, dtype=torch.int64, device=q.device)
     at_least = torch.zeros_like(above)
     buffer = gemm.TileBuffer()
-    for block in range(0, g_all.shape[0], GALLERY_TILE):
-        tile = copies.apply(gemm.scores(q, g_all[block : block + GALLERY_TILE], buffer), block, group_scores)
+    columns = GALLERY_TILE or plan.gallery_columns
+    for block in range(0, g_all.shape[0], columns):
+        tile = copies.apply(gemm.scores(q, g_all[block : block + columns], buffer, plan.library), block,
+                            group_scores)
         tile = offsets.add(tile, offset, block)
         for p, live in enumerate(lives):
             if len(live) == len(rows):

@@ -53,10 +53,10 @@ DENSE_BAND = 0.01
 # The mixed sweep: an unsettled item costs what the reference pays for every item (W
 # mixed scores) and more, so past this fraction the reference takes the remaining rows.
 DENSE_BAND_MIXED = 0.05
-# Tiles: bigger than the fp32 path's, since a bf16 tile is half the bytes and the
-# GEMM's efficiency grows with its size.
-QUERY_TILE = 2048
-GALLERY_TILE = 8192
+# Single-vector tiles: None takes the shape this machine's GEMM runs fastest at in
+# the scoring format (coir_kernels/gemm.py plan); an int fixes it.
+QUERY_TILE: int | None = None
+GALLERY_TILE: int | None = None
 # Bytes one float64 rescoring call may hold: a band can take in every pair of a tile
 # (2048 x 8192 pairs; at D = 1024 that would be 256 GB of operands in one call).
 EXACT_CALL_BYTES = 64 << 20
@@ -153,9 +153,10 @@ def counts_against(query: torch.Tensor, gallery: torch.Tensor, positives: torch.
     q_lp, g_lp = q32.to(dtype), g32.to(dtype)
     margin = margins(q32, g32, dtype, offset)
     multi = query.ndim == 3 or gallery.ndim == 3
+    tiles = None if multi else gemm.plan_for(query.shape[0], gallery.shape[0], query.shape[-1], dtype)
     rows_per_tile = query_tile or (max(1, reference.MAXSIM_BLOCK_ELEMENTS // max(1, _pairs(query, gallery) * 64))
-                                   if multi else QUERY_TILE)
-    columns = gallery_tile or (64 if multi else GALLERY_TILE)
+                                   if multi else QUERY_TILE or tiles.query_rows)
+    columns = gallery_tile or (64 if multi else GALLERY_TILE or tiles.gallery_columns)
     buffer = gemm.TileBuffer()
     if dtype != torch.float32 and _dense_band(q32, q_lp, g32, g_lp, positives, exclude, margin, copies, own,
                                               min(256, rows_per_tile), columns, offset):

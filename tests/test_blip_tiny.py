@@ -107,3 +107,19 @@ def test_bf16_autocast_stays_close_to_fp32(tiny):
             half = tiny.encode_query(x, texts)
     assert half.dtype == torch.float32  # embeddings leave the model in fp32
     assert (full * half).sum(-1).min() > 0.99  # cosine similarity
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_tokenize_is_the_tokenizers_own_batch(tiny, side, monkeypatch):
+    """Each caption is tokenized once and the batch padded from the kept ids: the
+    same ids and mask as the tokenizer's padded batch, truncation included."""
+    monkeypatch.setattr(tiny.tokenizer, "padding_side", side)
+    texts = ["add a red circle", "make the blue square larger and move it to the left " * 6, "x", "add a red circle"]
+    tiny.max_text_len = 12
+    got = tiny.tokenize(texts)
+    want = tiny.tokenizer(texts, padding="longest", truncation=True, max_length=12, return_tensors="pt")
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.equal(got["attention_mask"], want["attention_mask"])
+    tiny.max_text_len = 64  # another phase's length: tokenized afresh, not cut from the kept ids
+    want = tiny.tokenizer(texts, padding="longest", truncation=True, max_length=64, return_tensors="pt")
+    assert torch.equal(tiny.tokenize(texts)["input_ids"], want["input_ids"])

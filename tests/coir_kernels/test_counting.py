@@ -11,6 +11,7 @@ from coir_kernels import counting
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
 def test_count_above_matches_plain_comparisons_across_column_blocks(compiled, monkeypatch):
     monkeypatch.setenv("COIR_COMPILE", "1" if compiled else "0")
+    monkeypatch.setattr(counting, "_eager_left", 0)  # past the eager budget: compiled if allowed
     gen = torch.Generator().manual_seed(0)
     columns = counting.MAX_COLUMNS + 77  # two counting blocks, the second ragged
     scores = torch.randint(-3, 4, (5, columns), generator=gen).float()
@@ -34,3 +35,20 @@ def test_mixed_counts_match_explicit_mixing(compiled, monkeypatch):
     assert torch.equal(greater, (mixed > 0).sum(-1))
     assert torch.equal(at_least, (mixed >= 0).sum(-1))
     assert (at_least - greater).sum() > 0  # exact zeros: ties were counted
+
+
+def test_small_counting_runs_eagerly_until_its_budget_is_spent(monkeypatch):
+    """Compiling costs seconds once per process: the comparison counts compile only
+    after EAGER_SCORES scores were counted eagerly (the same integers either way)."""
+    compiled = []
+    monkeypatch.setenv("COIR_COMPILE", "1")
+    monkeypatch.setattr(counting, "_eager_left", 1000)
+    monkeypatch.setattr(counting, "_compiled", lambda fn: compiled.append(fn.__name__) or fn)
+    scores = torch.arange(600.0).view(2, 300)
+    threshold = torch.tensor([10.0, 400.0])
+    assert counting.count_above(scores, threshold)[0].tolist() == [289, 199]
+    assert compiled == [] and counting._eager_left == 400
+    counting.count_band(scores.bfloat16(), threshold, threshold)
+    assert compiled == [] and counting._eager_left == -200
+    assert counting.count_above(scores, threshold)[1].tolist() == [290, 200]
+    assert compiled == ["_packed_counts"]
