@@ -8,7 +8,9 @@ faiss's and torch's OpenMP pools fight in one process). The GPU plan has no fais
 and runs its jobs one after another in this process: a process start (CUDA set-up)
 per job would cost more than most of its jobs. The results file is rewritten after
 every job, so a run stopped by a time limit keeps what it measured. It is what
-BENCHMARKS.md is generated from (`python -m harness.report`).
+BENCHMARKS.md is generated from (`python -m harness.report`). A row whose provider is
+`computed-shards` runs nothing: its figures are arithmetic from stated machine figures
+(benches/shard_plan.py), and the report labels it computed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from benches.shard_plan import COMPUTED, computed_row
 from harness.core import provenance
 from harness.core.atomic import write_json
 
@@ -40,6 +43,9 @@ PLANS = {
           for n in (1, 66, 231) for p in ("reference-sweep", "two-stage-sweep", "recompute-sweep")],
     ],
     "gpu": [  # cheapest first: a time limit cuts the largest problems, not the rest
+        # computed, not measured (benches/shard_plan.py): a gallery split over 8 GPUs
+        ("10k x 100M fp16 over 8 H200 (computed)", dict(provider=COMPUTED, queries=10_000, gallery=100_000_000,
+                                                       ranks=8, machine="H200", dtype="fp16")),
         *[("CIRR size fp16", dict(provider=p, dtype="fp16", device="cuda", repeat=20, **CIRR))
           for p in ("triton-rank", "two-stage-rank", "triton-topk", "torch-mm-topk")],
         *[(f"sweep {n} triples, CIRR size fp16", dict(provider=p, triples=n, dtype="fp16", device="cuda",
@@ -102,10 +108,14 @@ def run_plan(plan: str, only: str | None, timeout: int, out: Path, command: str 
             continue
         print(f"{label}: {arguments['provider']} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        row = {"label": label, **run_job(arguments, timeout, plan in IN_PROCESS),
-               "process_seconds": time.perf_counter() - started}
-        if "error" not in row:
-            print(f"  {row['seconds']:.3f} s, recall {row['recall']}", file=sys.stderr, flush=True)
+        if arguments["provider"] == COMPUTED:  # arithmetic from stated figures: nothing runs
+            row = {"label": label, **computed_row(**arguments)}
+            print(f"  computed: {row['seconds_per_rank']:.4f} s per rank", file=sys.stderr, flush=True)
+        else:
+            row = {"label": label, **run_job(arguments, timeout, plan in IN_PROCESS),
+                   "process_seconds": time.perf_counter() - started}
+            if "error" not in row:
+                print(f"  {row['seconds']:.3f} s, recall {row['recall']}", file=sys.stderr, flush=True)
         result["rows"].append(row)
         write_json(out, result)  # after every job: a time limit keeps what was measured
     return result

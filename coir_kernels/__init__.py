@@ -185,18 +185,32 @@ def mixed_rank_counts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`target_rank_counts` of the mixed queries w0*q + w1*t + w2*f (each part and the
     gallery L2-normalised) for every row of `weights` (W, 3) in one pass: (W, Q, P) each."""
-    for part in parts:
-        _check_pair(part, gallery)
-    if gallery.ndim != 2 or any(part.ndim != 2 for part in parts):
-        raise ValueError("mixing is defined for single-vector (Q, D) and (G, D) embeddings")
-    if weights.ndim != 2 or weights.shape[1] != 3:
-        raise ValueError(f"weights must be (W, 3), got {tuple(weights.shape)}")
+    check_mixed(parts, gallery, weights)
     choice = _pick(impl, parts[0], gallery, op="mixed_rank_counts", two_stage=True)
     if choice == "triton":
         return _triton().mixed_rank_counts(parts, gallery, weights, positives, exclude)
     if choice == "two-stage":
         return two_stage.mixed_rank_counts(parts, gallery, weights, positives, exclude, two_stage.format_for(gallery))
     return reference.mixed_rank_counts(parts, gallery, weights, positives, exclude)
+
+
+def check_mixed(parts: tuple[torch.Tensor, ...], gallery: torch.Tensor, weights: torch.Tensor) -> None:
+    """What `mixed_rank_counts` refuses (ValueError)."""
+    for part in parts:
+        _check_pair(part, gallery)
+    if gallery.ndim != 2 or any(part.ndim != 2 for part in parts):
+        raise ValueError("mixing is defined for single-vector (Q, D) and (G, D) embeddings")
+    if weights.ndim != 2 or weights.shape[1] != 3:
+        raise ValueError(f"weights must be (W, 3), got {tuple(weights.shape)}")
+
+
+def implementation(op: str, query: torch.Tensor, gallery: torch.Tensor, k: int | None = None) -> str:
+    """The implementation `op` ("target_rank_counts", "topk_excluding" or
+    "mixed_rank_counts") takes for these tensors without an offset, recorded in `used()`
+    as a call would record it: for a caller that runs that implementation's steps
+    itself (a gallery split across ranks, harness/evaluation/sharded.py)."""
+    _check_pair(query, gallery)
+    return _pick(None, query, gallery, k, op=op, two_stage=op != "topk_excluding")
 
 
 def topk_excluding(

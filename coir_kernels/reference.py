@@ -117,8 +117,8 @@ def target_rank_counts(
     for start in range(0, query.shape[0], step):
         stop = min(start + step, query.shape[0])
         pos = positives[start:stop].to(device)
-        above, at_least, own = _tiled_counts(q_all[start:stop], g_all, pos, exclude[start:stop].to(device), copies,
-                                             offset, plan)
+        above, at_least, own = tiled_counts(q_all[start:stop], g_all, pos, exclude[start:stop].to(device), copies,
+                                            offset, plan=plan)
         pad = pos < 0
         greater[start:stop] = above.masked_fill(pad, 0)
         equal[start:stop] = (at_least - above).masked_fill(pad, 0)
@@ -126,18 +126,22 @@ def target_rank_counts(
     return greater, equal, pos_scores
 
 
-def _tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies,
-                  offset: torch.Tensor | None = None, plan: gemm.Plan | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies,
+                 offset: torch.Tensor | None = None, own: torch.Tensor | None = None, plan: gemm.Plan | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One query chunk against the gallery, tile by tile (`plan`'s GEMM and gallery
-    columns; default: the gallery's plan): (items above each positive, items at least
-    as high, the positives' scores), the positive and the excluded item not counted."""
+    columns; default: this gallery's plan): (items above each positive, items at least
+    as high, the positives' scores), the positive and the excluded item not counted.
+    `own` (R, P) given (nan: padding): counted against those scores, `pos` then naming
+    only the positives in this gallery (a shard's, -1 elsewhere: harness/evaluation/sharded.py)."""
     plan = plan or gemm.plan_for(q.shape[0], g_all.shape[0], q.shape[-1])
     rows = torch.arange(q.shape[0], device=q.device)
     group_scores = copies.scores(q)
-    own = torch.stack([offsets.at(copies.own(q, g_all, pos[:, p], group_scores), offset, pos[:, p])
-                       for p in range(pos.shape[1])], 1)
-    lives = [rows[pos[:, p] >= 0] for p in range(pos.shape[1])]
+    given = own is not None
+    if not given:
+        own = torch.stack([offsets.at(copies.own(q, g_all, pos[:, p], group_scores), offset, pos[:, p])
+                           for p in range(pos.shape[1])], 1)
+    lives = [rows[~torch.isnan(own[:, p]) if given else pos[:, p] >= 0] for p in range(pos.shape[1])]
     above = torch.zeros(pos.shape, dtype=torch.int64, device=q.device)
     at_least = torch.zeros_like(above)
     buffer = gemm.TileBuffer()

@@ -74,6 +74,8 @@ def result_fields(scored: dict) -> dict:
         **({"rerank": scored["rerank"]} if scored.get("rerank") else {}),
         "server_files": scored["server_files"],
         **({"kernels": scored["kernels"]} if scored.get("kernels") else {}),
+        # whether the gallery was split across ranks (harness/evaluation/shard_scoring.py)
+        **({"scoring": scored["scoring"]} if scored.get("scoring") else {}),
     }
 
 

@@ -22,7 +22,7 @@ from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
 from harness.core.precision import resolve_device, resolve_precision
 from harness.core.progress import say
-from harness.evaluation import token_pooling
+from harness.evaluation import shard_scoring, token_pooling
 from harness.evaluation.embed import SplitEmbeddings, embed_split
 from harness.evaluation.embedding_cache import cached_embed
 from harness.evaluation.fingerprint import fingerprint, model_fields
@@ -263,27 +263,48 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
                                                               out_dir / "checkpoints" / stem)
     reranked = two_stage(config, model, suite, data, train_data, embeddings, protocol, rules, out_dir, stem) \
         if config.rerank else None
-    if embeddings is None:  # a torchrun rank other than 0: rank 0 scores and writes
+    if embeddings is None:  # a torchrun rank other than 0: its gallery shards of rank 0's scoring
+        shard_scoring.serve()
         return None
-    # a two-stage run's final server files take the run's stem, the first stage's its ".stage1" stem
-    scored = score(protocol, data, embeddings, rules, out_dir, stem, server_stem=f"{stem}.stage1" if reranked else None)
-    if reranked:
-        with_second_stage(scored, *reranked, out_dir / f"{stem}.queries.jsonl")
-    if config.save_embeddings:
-        from harness.score import save_embeddings
-
-        pair_ids = [q.pair_id for q in data.queries]
-        say(f"embeddings: {save_embeddings(out_dir / f'{stem}.embeddings.safetensors', embeddings, pair_ids)}")
+    scored = score_run(config, model, suite, protocol, rules, data, embeddings, reranked, mixing, out_dir, stem)
     scored["gallery_model"] = gallery_model
-    if mixing:
-        scored["mixing"] = mix_step(mixing, suite, data, embeddings, model.embed, out_dir, stem)
-    if config.similarity:
-        scored["similarity_study"] = similarity_step(config.similarity_settings(suite), suite, protocol, rules, data,
-                                                     embeddings, model.embed, run_loss(config), scored.get("mixing"))
     result = record(config, argv, data, protocol_fields(protocol, data, rules, scored), model, scored, training,
                     embeddings.timings, started)
     write_outputs(result, scored.get("records", []), data, out_dir, stem)
     return result
+
+
+def score_run(config: RunConfig, model: Model, suite, protocol, rules, data: SplitData, embeddings, reranked,
+              mixing, out_dir: Path, stem: str) -> dict:
+    """Rank 0's scoring, mixing and similarity study, the other ranks serving their gallery
+    shards (harness/evaluation/shard_scoring.py); each part records whether its gallery was
+    sharded. The similarity study scores the whole gallery on rank 0 (dense score
+    matrices, query banks), as does the re-ranking stage, which ran before."""
+    with shard_scoring.session() as sharding:
+        # a two-stage run's final server files take the run's stem, the first stage's its ".stage1" stem
+        scored = score(protocol, data, embeddings, rules, out_dir, stem,
+                       server_stem=f"{stem}.stage1" if reranked else None)
+        scored["scoring"] = sharding.record()
+        if reranked:
+            reranked[0]["scoring"] = {"gallery_sharded": False, "ranks": sharding.world}  # on rank 0, whole
+            with_second_stage(scored, *reranked, out_dir / f"{stem}.queries.jsonl")
+        if config.save_embeddings:
+            from harness.score import save_embeddings
+
+            pair_ids = [q.pair_id for q in data.queries]
+            say(f"embeddings: {save_embeddings(out_dir / f'{stem}.embeddings.safetensors', embeddings, pair_ids)}")
+        if mixing:
+            mark = sharding.mark()
+            scored["mixing"] = mix_step(mixing, suite, data, embeddings, model.embed, out_dir, stem)
+            scored["mixing"]["scoring"] = sharding.record(mark)
+        if config.similarity:
+            mark = sharding.mark()
+            with shard_scoring.whole_gallery():
+                scored["similarity_study"] = similarity_step(config.similarity_settings(suite), suite, protocol, rules,
+                                                             data, embeddings, model.embed, run_loss(config),
+                                                             scored.get("mixing"))
+            scored["similarity_study"]["scoring"] = sharding.record(mark)
+    return scored
 
 
 def record(config: RunConfig, argv, data: SplitData, described: dict, model: Model, scored: dict,

@@ -29,6 +29,11 @@ needed: the HTML page shows an image's id where it cannot read the image. Every
 input is checked before anything is written, and a failed command leaves --out as
 it was. In Python, `score_embeddings(suite, split, gallery_ids, gallery, pair_ids,
 composed)` does the same for arrays in memory.
+
+Under torchrun (`torchrun --nproc_per_node=N -m harness.score ...`, gloo) rank 0 reads
+the file and writes everything, and every rank scores a contiguous shard of the
+gallery (harness/evaluation/shard_scoring.py): the same files as one process, and
+the results' "scoring" block says the gallery was sharded over N ranks.
 """
 
 from __future__ import annotations
@@ -44,10 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.core import provenance
+from harness.core import distributed, provenance
 from harness.core.atomic import all_or_nothing, replace_atomically
 from harness.core.errors import HarnessError
-from harness.evaluation import reference_rule, token_pooling
+from harness.evaluation import reference_rule, shard_scoring, token_pooling
 from harness.evaluation.embed import SplitEmbeddings, methods_of
 from harness.evaluation.fingerprint import fingerprint
 from harness.evaluation.metrics import CONVENTIONS, TIE_RULES
@@ -175,10 +180,16 @@ def _score(suite_name: str, split: str, arrays: dict, data_root, out_dir: Path, 
         study.check()
     digest = hashlib.sha256(source.read_bytes()).hexdigest() if source else None
     stem = f"{suite_name}_{split}_{name}"
-    with all_or_nothing():  # a failure past this point leaves --out as it was
+    # under torchrun the other ranks score their gallery shards (harness/evaluation/shard_scoring.py);
+    # the similarity study scores the whole gallery here
+    with all_or_nothing(), shard_scoring.session() as sharding:  # a failure past this point leaves --out as it was
         scored = score(protocol, data, emb, rules, out_dir, stem, "harness.score --normalize" if normalize else None)
+        scored["scoring"] = sharding.record()
         if study is not None:
-            scored["similarity_study"] = study.run(protocol, rules, data, emb, read_embeddings)
+            mark = sharding.mark()
+            with shard_scoring.whole_gallery():
+                scored["similarity_study"] = study.run(protocol, rules, data, emb, read_embeddings)
+            scored["similarity_study"]["scoring"] = sharding.record(mark)
         result = _result(data, protocol_fields(protocol, data, rules, scored), scored, emb, name, command, source,
                          digest, started)
         write_outputs(result, scored.get("records", []), data, out_dir, stem)
@@ -240,18 +251,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="L2-normalise every vector (every token) before scoring, and say so in the results")
     add_study_arguments(parser)
     args = parser.parse_args(argv)
+    succeeded = False
     try:
-        arrays = read_embeddings(args.embeddings)
-        _score(args.suite, args.split, arrays, args.data_root, Path(args.out),
-               args.name or args.embeddings.stem.removesuffix(".embeddings"),
-               ScoringRules(args.convention, args.tie_rule, args.reference, args.token_pooling),
-               args.caption_cleaning, "python -m harness.score " + shlex.join(argv), args.embeddings, args.normalize,
-               args.query_template, study_from_arguments(args))
+        if distributed.launched_by_torchrun():  # every rank scores a shard of the gallery; rank 0 reads and writes
+            distributed.init(torch.device("cpu"))
+            if not distributed.is_main():
+                shard_scoring.serve()
+                succeeded = True
+                return 0
+        with shard_scoring.session():  # from the start: any error of rank 0 lets the other ranks go
+            arrays = read_embeddings(args.embeddings)
+            _score(args.suite, args.split, arrays, args.data_root, Path(args.out),
+                   args.name or args.embeddings.stem.removesuffix(".embeddings"),
+                   ScoringRules(args.convention, args.tie_rule, args.reference, args.token_pooling),
+                   args.caption_cleaning, "python -m harness.score " + shlex.join(argv), args.embeddings,
+                   args.normalize, args.query_template, study_from_arguments(args))
+        succeeded = True
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.finish(wait_for_all=succeeded)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    distributed.exit_process(main())

@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pytest
+import torch
 
 from benches.scoring_suite import job_command, run_plan
 from tests.conftest import REPO
@@ -62,3 +63,35 @@ def test_train_profile_writes_the_loop_and_every_optimizer(tmp_path):
     assert result["loop"]["samples_per_second"] > 0 and result["command"].endswith("--threads 1")
     assert [r["optimizer"] for r in result["optimizer_step"]] == list(OPTIMIZERS)
     assert "Fine-tuning step profile" in benchmarks_markdown(load_results([tmp_path]))
+
+
+def test_the_gpu_plan_computes_how_100m_items_split_over_8_gpus(tmp_path, monkeypatch):
+    """A computed row, not a measured one: each rank's shard and its roofline time from
+    the stated H200 figures (790 TFLOP/s, 4.3 TB/s, NVLink 450 GB/s each way), and the
+    report labels it computed."""
+    from benches.scoring_suite import PLANS
+    from benches.shard_plan import COMPUTED, computed_row
+    from harness.reports.scoring import scoring_section
+
+    [(label, arguments)] = [(label, a) for label, a in PLANS["gpu"] if a["provider"] == COMPUTED]
+    row = computed_row(**arguments)
+    assert row["gallery_rows_per_rank"] == 12_500_000 and row["shard_bytes_per_rank"] == 12_500_000 * 256 * 2
+    compute = 2 * 10_000 * 12_500_000 * 256 / 790e12  # the GEMM's FLOPs at the stated peak
+    memory = (10_000 * 256 * 2 + 12_500_000 * 256 * 2 + 10_000 * (16 + 50 * 12)) / 4.3e12
+    assert row["roofline_per_rank"]["compute_s"] == pytest.approx(compute)
+    assert row["roofline_per_rank"]["memory_s"] == pytest.approx(memory)
+    exchanged = 10_000 * 256 * 4 + 10_000 * 16 + 7 * 10_000 * 50 * 12  # positive rows, counts, candidates
+    assert row["exchange_bytes_per_rank"] == exchanged
+    assert row["seconds_per_rank"] == pytest.approx(max(compute, memory) + exchanged / 450e9)
+    assert row["one_device"]["t_min_s"] == pytest.approx(8 * compute)
+    assert 7.9 < row["speedup_over_one_device"] < 8
+    with pytest.raises(ValueError, match="gallery >= ranks"):
+        computed_row(queries=10, gallery=4, ranks=8, machine="H200")
+
+    from benches import scoring_suite
+
+    monkeypatch.setattr(scoring_suite, "_device", lambda plan: torch.device("cpu"))  # the header's hardware
+    result = run_plan("gpu", "(computed)", timeout=1, out=tmp_path / "plan.json")  # runs nothing on a device
+    assert result["rows"] == [{"label": label, **row}]
+    lines = "\n".join(scoring_section(tmp_path / "plan.json", result))
+    assert "Computed, not measured" in lines and f"| {label} |" in lines and "12500000" in lines

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-import coir_kernels
+from harness.evaluation import shard_scoring
 from harness.evaluation.metrics import percent, ranks_with_ties
 
 MAP_KS = (5, 10, 25, 50)
@@ -67,8 +67,8 @@ def map_query_values(
 ) -> dict[str, torch.Tensor]:
     """Each query's AP@K and target hit within K, (Q,) float64 (see `map_metrics`);
     `offset` (G,): added to each item's score."""
-    greater, equal, pos_scores = coir_kernels.target_rank_counts(query_emb, gallery_emb, positives, exclude,
-                                                            offset=offset)
+    greater, equal, pos_scores = shard_scoring.target_rank_counts(query_emb, gallery_emb, positives, exclude,
+                                                                  offset=offset)
     positions = ground_truth_positions(greater, equal, pos_scores, tie_rule)
     values = {f"mAP@{k}": average_precision_at(positions, counts, k) for k in map_ks}
     target = positions[:, 0] if positions.shape[1] else torch.full((len(positions),), torch.iinfo(torch.long).max)

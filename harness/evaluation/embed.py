@@ -4,9 +4,12 @@ Each image (gallery and references) goes through the vision tower once; the
 composed queries of a reference are encoded from its tokens while they are in
 memory, so tokens are never stored for the whole split.
 
-Under torchrun (or the deepspeed launcher) every rank encodes an interleaved
-shard of the images and captions; rank 0 gathers the pieces and assembles the
-split, the other ranks get None.
+Under torchrun (or the deepspeed launcher) the images and the captions are cut
+into the batches one process makes (`batch_size` consecutive rows each) and batch b
+goes to rank b % world (`rank_batches`): every embedding is computed in the batch,
+beside the same items and with the same caption padding, as in one process, so the
+split's embeddings are bit for bit one process's whatever the number of ranks. Rank
+0 gathers the pieces and assembles the split, the other ranks get None.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def embed_split(
     gallery_images = [image for item in data.gallery for image in data.images_of(item)]
     image_ids = list(dict.fromkeys([*gallery_images, *(q.reference for q in queries)]))
     start_time = time.perf_counter()
-    chunks = PartialEmbeddings(partial, world, rank, batch_size) if partial is not None else None
+    chunks = PartialEmbeddings(partial, batch_size) if partial is not None else None
     pieces = _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank, world, chunks)
     seconds = time.perf_counter() - start_time
     resumed = chunks.resumed["images"] if chunks is not None else 0
@@ -127,20 +130,25 @@ def pooled_items(data: SplitData, items: list[str], image_emb: torch.Tensor, row
     return out
 
 
+def rank_batches(count: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's batches of rows 0 ... count - 1: the batches of `batch_size`
+    consecutive rows one process makes, batch b to rank b % world."""
+    starts = range(0, count, batch_size)
+    return [list(range(start, min(start + batch_size, count))) for b, start in enumerate(starts) if b % world == rank]
+
+
 def _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank, world,
                   chunks: PartialEmbeddings | None) -> Pieces:
     queries = data.queries
     by_reference: dict[str, list[int]] = defaultdict(list)
     for qi, q in enumerate(queries):
         by_reference[q.reference].append(qi)
-    my_rows = list(range(rank, len(image_ids), world))
-    store = ImageStore(data, backbone.preprocess, backbone.image_size, [image_ids[i] for i in my_rows],
-                       preload_limit_bytes=0)
+    my_batches = rank_batches(len(image_ids), batch_size, rank, world)
+    store = ImageStore(data, backbone.preprocess, backbone.image_size,
+                       [image_ids[i] for rows in my_batches for i in rows], preload_limit_bytes=0)
     pieces: Pieces = defaultdict(list)
-    batches = range(0, len(my_rows), batch_size)
-    for start in progress(batches, desc=f"embedding {data.split}", unit="batch", disable=rank > 0):
-        rows = my_rows[start : start + batch_size]
-        saved = chunks.load("images", start, rows) if chunks is not None else None
+    for rows in progress(my_batches, desc=f"embedding {data.split}", unit="batch", disable=rank > 0):
+        saved = chunks.load("images", rows[0], rows) if chunks is not None else None
         if saved is not None:
             pieces["image"].append((rows, saved["image"]))
             if "composed" in saved:
@@ -167,18 +175,24 @@ def _encode_shard(backbone, data, image_ids, device, precision, batch_size, rank
             if batch["composed"]:
                 tensors["composed"] = torch.cat([values for _, values in batch["composed"]])
                 tensors["composed_rows"] = torch.tensor([r for rs, _ in batch["composed"] for r in rs])
-            chunks.save("images", start, rows, tensors)
-    my_queries = list(range(rank, len(queries), world))
+            chunks.save("images", rows[0], rows, tensors)
+    pieces["text"] = _encode_texts(backbone, queries, device, precision, batch_size, rank, world, chunks)
+    return dict(pieces)
+
+
+def _encode_texts(backbone, queries, device, precision, batch_size, rank, world,
+                  chunks: PartialEmbeddings | None) -> list[tuple[list[int], torch.Tensor]]:
+    """The text-only baseline of this rank's batches of captions (padded to the longest of the batch)."""
+    out = []
     with autocast(precision, device):
-        for start in range(0, len(my_queries), batch_size):
-            rows = my_queries[start : start + batch_size]
-            saved = chunks.load("text", start, rows) if chunks is not None else None
+        for rows in rank_batches(len(queries), batch_size, rank, world):
+            saved = chunks.load("text", rows[0], rows) if chunks is not None else None
             if saved is None:
                 text = backbone.encode_text([queries[qi].caption for qi in rows]).float().cpu()
                 if chunks is not None:
-                    chunks.save("text", start, rows, {"text": text})
-            pieces["text"].append((rows, text if saved is None else saved["text"]))
-    return dict(pieces)
+                    chunks.save("text", rows[0], rows, {"text": text})
+            out.append((rows, text if saved is None else saved["text"]))
+    return out
 
 
 def _assemble(items: list[tuple[list[int], torch.Tensor]], total: int) -> torch.Tensor:

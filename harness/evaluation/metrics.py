@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 import coir_kernels
-from harness.evaluation import reference_rule
+from harness.evaluation import reference_rule, shard_scoring
 from harness.suites import Query
 
 CONVENTIONS = ("covr", "clip4cir", "cirplant")
@@ -137,7 +137,7 @@ def cirr_counts(query_emb: torch.Tensor, gallery_emb: torch.Tensor, labels: Quer
     """(gallery counts, image-set counts) of every positive: what every CIRR metric
     and rank is computed from. `offset` (G,): added to each item's score (a similarity
     method's per-item correction, harness/similarity), in the gallery and in the image set."""
-    gallery_counts = coir_kernels.target_rank_counts(
+    gallery_counts = shard_scoring.target_rank_counts(
         query_emb, gallery_emb, labels.positives, labels.reference, offset=offset
     )
     subset_scores, subset_valid = subset_scores_of(query_emb, gallery_emb, labels, offset)

@@ -2,17 +2,19 @@
 file as soon as it is computed, so a run killed part-way (kill -9, a preempted
 node) resumes where it stopped instead of starting over.
 
-    <cache>/embeddings/<entry>.partial/images-w<world>-r<rank>-b<batch>-<start>.safetensors
-                                       text-w<world>-r<rank>-b<batch>-<start>.safetensors
+    <cache>/embeddings/<entry>.partial/images-b<batch>-<start>.safetensors
+                                       text-b<batch>-<start>.safetensors
 
 The folder sits beside the cache entry and shares its name, so it is keyed by the
 same identity (weights, preprocessing, data, suite version, precision). Each file
 is written to a temporary name and renamed (harness/core/atomic.py): a file present is
 complete. A file also records its rows; it is used only when they are the rows
-the batch would compute, so a rerun with another world size or batch size simply
-recomputes. Batches keep their boundaries on a rerun, so resumed embeddings are
-bit for bit those of an uninterrupted run. The folder is removed once the whole
-entry is written.
+the batch would compute, so a rerun with another batch size simply recomputes.
+Batches are the same whatever the number of ranks (batch b of one process's
+batching, computed by rank b % world: harness/evaluation/embed.py), so a file is
+named by its batch alone and a rerun with another world size resumes from it too.
+Batches keep their boundaries on a rerun, so resumed embeddings are bit for bit
+those of an uninterrupted run. The folder is removed once the whole entry is written.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from harness.core.atomic import replace_atomically
 
 
 class PartialEmbeddings:
-    def __init__(self, directory: Path, world: int, rank: int, batch_size: int):
+    def __init__(self, directory: Path, batch_size: int):
         self.directory = Path(directory)
-        self.tag = f"w{world}-r{rank}-b{batch_size}"
+        self.tag = f"b{batch_size}"
         self.resumed = {"images": 0, "text": 0}  # rows read back instead of computed
 
     def path(self, kind: str, start: int) -> Path:

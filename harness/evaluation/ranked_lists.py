@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-import coir_kernels
+from harness.evaluation import shard_scoring
 from harness.evaluation.metrics import ranks_with_ties
 
 
@@ -35,12 +35,12 @@ def tie_ordered_top(query: torch.Tensor, gallery: torch.Tensor, k: int, exclude:
     positives, when the caller has them; `offset` (G,): added to each item's score."""
     real = (positives >= 0) & (labels > 0)
     if not bool(real.any()):
-        return coir_kernels.topk_excluding(query, gallery, k, exclude, offset=offset)
-    greater, equal, pos_scores = counts if counts is not None else coir_kernels.target_rank_counts(
+        return shard_scoring.topk_excluding(query, gallery, k, exclude, offset=offset)
+    greater, equal, pos_scores = counts if counts is not None else shard_scoring.target_rank_counts(
         query, gallery, positives, exclude, offset=offset)
     positions = ranks_with_ties(greater, equal, pos_scores.masked_fill(~real, float("nan")),
                                 distinct_labels(labels, real), tie_rule)
-    scores, top = coir_kernels.topk_excluding(query, gallery, k + positives.shape[1], exclude, offset=offset)
+    scores, top = shard_scoring.topk_excluding(query, gallery, k + positives.shape[1], exclude, offset=offset)
     k = min(k, top.shape[1])
     rows = zip(real.tolist(), positions.tolist(), pos_scores.tolist(), positives.tolist(), scores.tolist(),
                top.tolist())

@@ -16,7 +16,8 @@ def scoring_section(path: Path, result: dict) -> list[str]:
     rows, notes = [], []
     by_label: dict[str, list[dict]] = {}
     for row in result["rows"]:
-        by_label.setdefault(row["label"], []).append(row)
+        if not row.get("computed"):  # computed rows have a table of their own
+            by_label.setdefault(row["label"], []).append(row)
     for label, group in by_label.items():
         for r in group:
             if "error" in r:
@@ -41,6 +42,30 @@ def scoring_section(path: Path, result: dict) -> list[str]:
                  tablefmt="github", floatfmt=".4g"),
         "",
         *notes,
+        "",
+        *computed_table([row for row in result["rows"] if row.get("computed")]),
+    ]
+
+
+def computed_table(rows: list[dict]) -> list[str]:
+    """Rows computed from stated machine figures, not measured (benches/shard_plan.py):
+    a gallery split over N devices, each rank's bytes and roofline time."""
+    if not rows:
+        return []
+    table = [[r["label"], r["ranks"], r["gallery_rows_per_rank"], r["shard_bytes_per_rank"] / 1e9,
+              r["bytes_held_per_rank"] / 1e9, r["roofline_per_rank"]["compute_s"], r["roofline_per_rank"]["memory_s"],
+              r["exchange_bytes_per_rank"] / 1e6, r["seconds_per_rank"], r["one_device"]["t_min_s"],
+              r["speedup_over_one_device"]] for r in rows]
+    sources = sorted({r["limits_source"] for r in rows})
+    return [
+        "Computed, not measured (benches/shard_plan.py): each rank scores a contiguous shard of the gallery "
+        "(harness/evaluation/sharded.py); its time is the roofline floor max(2 Q G_r D / peak, bytes / bandwidth) "
+        "plus the exchange (positive rows, summed counts, top-K candidates) at the link rate; limits: "
+        + "; ".join(sources),
+        "",
+        tabulate(table, headers=["problem (computed)", "ranks", "rows per rank", "shard GB per rank",
+                                 "GB held per rank", "compute s per rank", "memory s per rank", "exchange MB",
+                                 "s per rank", "one device s", "speed-up"], tablefmt="github", floatfmt=".4g"),
         "",
     ]
 

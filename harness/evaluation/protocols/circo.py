@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-import coir_kernels
+from harness.evaluation import shard_scoring
 from harness.evaluation.average_precision import (
     MAP_KS,
     RECALL_KS,
@@ -116,8 +116,8 @@ class CircoProtocol:
                     "ground_truths": list(q.ground_truths), "methods": {}} for q in data.queries]
         for method, attr in methods_of(emb).items():
             query = getattr(emb, attr)
-            greater, equal, pos_scores = coir_kernels.target_rank_counts(query, emb.gallery, positives, exclude,
-                                                                    offset=emb.gallery_offset)
+            greater, equal, pos_scores = shard_scoring.target_rank_counts(query, emb.gallery, positives, exclude,
+                                                                          offset=emb.gallery_offset)
             positions = ground_truth_positions(greater, equal, pos_scores, rules.tie_rule)[:, 0].tolist()
             values = map_query_values(query, emb.gallery, positives, counts, exclude, rules.tie_rule,
                                       offset=emb.gallery_offset)

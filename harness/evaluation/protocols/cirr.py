@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-import coir_kernels
+from harness.evaluation import shard_scoring
 from harness.evaluation.embed import SplitEmbeddings, methods_of
 from harness.evaluation.metrics import (
     CIRR_METRICS,
@@ -54,8 +54,8 @@ def write_server_files(data: SplitData, emb: SplitEmbeddings, directory: Path, s
     ties broken by gallery (or member) order."""
     check_embeddings(data, emb, {"composed f(q,t)": "composed"})
     labels = build_labels(data.queries, {g: i for i, g in enumerate(emb.gallery_ids)})
-    _, top = coir_kernels.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference,
-                                    offset=emb.gallery_offset)
+    _, top = shard_scoring.topk_excluding(emb.composed, emb.gallery, RECALL_TOP, labels.reference,
+                                          offset=emb.gallery_offset)
     top_recall = [[emb.gallery_ids[i] for i in row] for row in top.tolist()]
 
     scores, valid = subset_scores_of(emb.composed, emb.gallery, labels, emb.gallery_offset)

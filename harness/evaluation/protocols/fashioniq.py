@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import coir_kernels
 from harness.core.atomic import write_json
+from harness.evaluation import shard_scoring
 from harness.evaluation.embed import methods_of
 from harness.evaluation.metrics import percent, ranks_with_ties, values_at
 from harness.evaluation.paper import PAPER_FASHIONIQ
@@ -101,7 +101,7 @@ def category_hits(
         rows, columns, exclude, positives = category_inputs(queries, gallery_ids, ids, category, reference)
         if not rows:
             continue
-        greater, equal, pos_scores = coir_kernels.target_rank_counts(
+        greater, equal, pos_scores = shard_scoring.target_rank_counts(
             query_emb[rows], gallery_emb[columns], positives, exclude, offset=_columns_of(offset, columns)
         )
         labels = (positives >= 0).double()
@@ -233,8 +233,8 @@ class FashionIQProtocol:
             rows, columns, exclude, _ = category_inputs(queries, merged.gallery_ids, ids, category, rules.reference)
             if not rows:
                 continue
-            _, top = coir_kernels.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP, exclude,
-                                            offset=_columns_of(merged.gallery_offset, columns))
+            _, top = shard_scoring.topk_excluding(merged.composed[rows], merged.gallery[columns], RANKING_TOP,
+                                                  exclude, offset=_columns_of(merged.gallery_offset, columns))
             for i, ranked in zip(rows, top.tolist()):
                 q = queries[i]
                 rankings.append({"pair_id": q.pair_id, "category": category, "candidate": q.reference,

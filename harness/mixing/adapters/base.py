@@ -4,7 +4,8 @@ the pieces every adapter counts with.
 An adapter knows two things about its protocol (harness/evaluation/protocols):
 - which query blocks rank against which gallery columns (rows, columns, positives,
   the excluded item), so that `coir_kernels.mixed_rank_counts` gives the rank counts
-  (W, Q, P) of every weight triple in one pass;
+  (W, Q, P) of every weight triple in one pass (through
+  harness/evaluation/shard_scoring.py: over the ranks' gallery shards under torchrun);
 - how the protocol turns rank counts into each query's metric values and into its
   metrics, so that a sweep entry is what the protocol's own `query_values` and
   `evaluate` give for that triple's mixed query (harness/mixing/sweep.py scores the
@@ -22,8 +23,8 @@ from typing import Protocol
 
 import torch
 
-import coir_kernels
 from harness.core.registry import Registry
+from harness.evaluation import shard_scoring
 from harness.evaluation.metrics import Counts, percent, ranks_with_ties
 from harness.evaluation.protocols.base import ScoringRules
 
@@ -69,7 +70,7 @@ def mixed_counts(parts, gallery: torch.Tensor, weights: torch.Tensor, positives:
     """(greater, equal, positive scores), each (W, Q, P): the rank counts of every
     positive for the mixed query of every triple, against `gallery` as it is scored."""
     extended = tuple(torch.cat([p.float(), p.new_zeros(p.shape[0], 1, dtype=torch.float32)], dim=1) for p in parts)
-    return coir_kernels.mixed_rank_counts(extended, lifted(gallery), weights, positives, exclude)
+    return shard_scoring.mixed_rank_counts(extended, lifted(gallery), weights, positives, exclude)
 
 
 def flat(counts: Counts) -> Counts:
