@@ -75,7 +75,7 @@ def result_fields(scored: dict) -> dict:
         "server_files": scored["server_files"],
         **({"kernels": scored["kernels"]} if scored.get("kernels") else {}),
         # whether the gallery was split across ranks (harness/evaluation/shard_scoring.py)
-        **({"scoring": scored["scoring"]} if scored.get("scoring") else {}),
+        **({"gallery_shards": scored["gallery_shards"]} if scored.get("gallery_shards") else {}),
     }
 
 

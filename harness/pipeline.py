@@ -284,9 +284,9 @@ def score_run(config: RunConfig, model: Model, suite, protocol, rules, data: Spl
         # a two-stage run's final server files take the run's stem, the first stage's its ".stage1" stem
         scored = score(protocol, data, embeddings, rules, out_dir, stem,
                        server_stem=f"{stem}.stage1" if reranked else None)
-        scored["scoring"] = sharding.record()
+        scored["gallery_shards"] = sharding.record()
         if reranked:
-            reranked[0]["scoring"] = {"gallery_sharded": False, "ranks": sharding.world}  # on rank 0, whole
+            reranked[0]["gallery_shards"] = {"gallery_sharded": False, "ranks": sharding.world}  # on rank 0, whole
             with_second_stage(scored, *reranked, out_dir / f"{stem}.queries.jsonl")
         if config.save_embeddings:
             from harness.score import save_embeddings
@@ -296,14 +296,14 @@ def score_run(config: RunConfig, model: Model, suite, protocol, rules, data: Spl
         if mixing:
             mark = sharding.mark()
             scored["mixing"] = mix_step(mixing, suite, data, embeddings, model.embed, out_dir, stem)
-            scored["mixing"]["scoring"] = sharding.record(mark)
+            scored["mixing"]["gallery_shards"] = sharding.record(mark)
         if config.similarity:
             mark = sharding.mark()
             with shard_scoring.whole_gallery():
                 scored["similarity_study"] = similarity_step(config.similarity_settings(suite), suite, protocol, rules,
                                                              data, embeddings, model.embed, run_loss(config),
                                                              scored.get("mixing"))
-            scored["similarity_study"]["scoring"] = sharding.record(mark)
+            scored["similarity_study"]["gallery_shards"] = sharding.record(mark)
     return scored
 
 

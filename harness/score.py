@@ -33,7 +33,7 @@ composed)` does the same for arrays in memory.
 Under torchrun (`torchrun --nproc_per_node=N -m harness.score ...`, gloo) rank 0 reads
 the file and writes everything, and every rank scores a contiguous shard of the
 gallery (harness/evaluation/shard_scoring.py): the same files as one process, and
-the results' "scoring" block says the gallery was sharded over N ranks.
+the results' "gallery_shards" block says the gallery was sharded over N ranks.
 """
 
 from __future__ import annotations
@@ -184,12 +184,12 @@ def _score(suite_name: str, split: str, arrays: dict, data_root, out_dir: Path, 
     # the similarity study scores the whole gallery here
     with all_or_nothing(), shard_scoring.session() as sharding:  # a failure past this point leaves --out as it was
         scored = score(protocol, data, emb, rules, out_dir, stem, "harness.score --normalize" if normalize else None)
-        scored["scoring"] = sharding.record()
+        scored["gallery_shards"] = sharding.record()
         if study is not None:
             mark = sharding.mark()
             with shard_scoring.whole_gallery():
                 scored["similarity_study"] = study.run(protocol, rules, data, emb, read_embeddings)
-            scored["similarity_study"]["scoring"] = sharding.record(mark)
+            scored["similarity_study"]["gallery_shards"] = sharding.record(mark)
         result = _result(data, protocol_fields(protocol, data, rules, scored), scored, emb, name, command, source,
                          digest, started)
         write_outputs(result, scored.get("records", []), data, out_dir, stem)

@@ -20,7 +20,7 @@ import torch
 from harness.suites import SUITES
 from tests.conftest import REPO
 
-VOLATILE = ("date", "command", "timings", "load_average_1min", "scoring", "out")  # when, how, how fast, how many ranks
+VOLATILE = ("date", "command", "timings", "load_average_1min", "gallery_shards", "out")  # when, how, how fast, how many ranks
 
 
 def launch(tmp_path: Path, ranks: int, module: str, *args: str) -> None:
@@ -75,8 +75,8 @@ def test_two_ranks_run_cirr_val_as_one_process(cirr_root, tmp_path):
     launch(tmp_path, 2, "harness.run", *common, "--out", str(tmp_path / "two"))
     one, two = assert_same_outputs(tmp_path / "one", tmp_path / "two", (".queries.jsonl",))
     assert one["metrics"] and one["mixing"]["sweep"]["triples"] == 15
-    assert one["scoring"] == one["mixing"]["scoring"] == {"gallery_sharded": False, "ranks": 1}
-    assert two["scoring"] == two["mixing"]["scoring"] == {"gallery_sharded": True, "ranks": 2}
+    assert one["gallery_shards"] == one["mixing"]["gallery_shards"] == {"gallery_sharded": False, "ranks": 1}
+    assert two["gallery_shards"] == two["mixing"]["gallery_shards"] == {"gallery_sharded": True, "ranks": 2}
     assert two["timings"]["embedding"]["ranks"] == 2
 
 
@@ -105,6 +105,6 @@ def test_two_ranks_score_embeddings_as_one_process(cirr_root, tmp_path):
         launch(tmp_path, 1, "harness.score", *common, "--out", str(tmp_path / f"one-{split}"))
         launch(tmp_path, 2, "harness.score", *common, "--out", str(tmp_path / f"two-{split}"))
         one, two = assert_same_outputs(tmp_path / f"one-{split}", tmp_path / f"two-{split}", binary)
-        assert one["scoring"] == {"gallery_sharded": False, "ranks": 1}
-        assert two["scoring"] == {"gallery_sharded": True, "ranks": 2}
+        assert one["gallery_shards"] == {"gallery_sharded": False, "ranks": 1}
+        assert two["gallery_shards"] == {"gallery_sharded": True, "ranks": 2}
         assert (one["metrics"] is None) == (split == "test1")
