@@ -127,14 +127,14 @@ def target_rank_counts(
 
 
 def tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: torch.Tensor, copies: Copies,
-                 offset: torch.Tensor | None = None, own: torch.Tensor | None = None, plan: gemm.Plan | None = None
+                 offset: torch.Tensor | None = None, own: torch.Tensor | None = None, *, plan: gemm.Plan
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One query chunk against the gallery, tile by tile (`plan`'s GEMM and gallery
-    columns; default: this gallery's plan): (items above each positive, items at least
-    as high, the positives' scores), the positive and the excluded item not counted.
-    `own` (R, P) given (nan: padding): counted against those scores, `pos` then naming
-    only the positives in this gallery (a shard's, -1 elsewhere: harness/evaluation/sharded.py)."""
-    plan = plan or gemm.plan_for(q.shape[0], g_all.shape[0], q.shape[-1])
+    columns: the whole problem's plan, which a chunk or a shard cannot derive):
+    (items above each positive, items at least as high, the positives' scores), the
+    positive and the excluded item not counted. `own` (R, P) given (nan: padding):
+    counted against those scores, `pos` then naming only the positives in this
+    gallery (a shard's, -1 elsewhere: harness/evaluation/sharded.py)."""
     rows = torch.arange(q.shape[0], device=q.device)
     group_scores = copies.scores(q)
     given = own is not None
