@@ -28,6 +28,11 @@ widens its band by the additions' rounding. `mixed_rank_counts` takes none.
 (log-sum-exp and top-k mean per gallery item, `coir_kernels/bank.py`: torch only, any
 device, one chunked pass over the bank).
 
+Per-query candidate galleries (`candidate_rank_counts`, `candidate_topk`,
+`candidate_mixed_rank_counts`, `coir_kernels/candidates.py`): each query ranks its own
+subset of one pool (`Candidates`), read through per-query masks over the pool's
+scores; scored with exact per-pair scores (float64 sums rounded once), torch only.
+
 Ties and copies, the same in every implementation:
 - "equal" counts the gallery items whose score is exactly the positive's (the
   positive itself and the excluded item never count); the metrics' tie rule
@@ -62,7 +67,9 @@ import os
 import torch
 
 from coir_kernels import bank as _bank
+from coir_kernels import candidates as _candidates
 from coir_kernels import offsets, reference, self_check, two_stage
+from coir_kernels.candidates import Candidates
 
 IMPLEMENTATIONS = ("reference", "two-stage", "triton")
 TRITON_MAX_K = 64  # = triton_ops.MAX_K, kept here so dispatch needs no triton import
@@ -230,6 +237,35 @@ def topk_excluding(
     if _pick(impl, query, gallery, k, op="topk_excluding", offset=offset) == "triton":
         return _triton().topk_excluding(query, gallery, k, exclude, **extra)
     return reference.topk_excluding(query, gallery, k, exclude, **extra)
+
+
+def candidate_rank_counts(query: torch.Tensor, gallery: torch.Tensor, candidates: Candidates,
+                          positives: torch.Tensor, exclude: torch.Tensor, offset: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`target_rank_counts` within each query's own candidates (a subset of the pool
+    `gallery`; `coir_kernels/candidates.py`): a positive outside them counts as padding."""
+    _check_pair(query, gallery)
+    offsets.check(offset, gallery)
+    _USED["candidate_rank_counts"] = "reference"
+    return _candidates.candidate_rank_counts(query, gallery, candidates, positives, exclude, offset)
+
+
+def candidate_topk(query: torch.Tensor, gallery: torch.Tensor, candidates: Candidates, k: int,
+                   exclude: torch.Tensor, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk_excluding` within each query's own candidates; (nan, -1) past the last one."""
+    _check_pair(query, gallery)
+    offsets.check(offset, gallery)
+    _USED["candidate_topk"] = "reference"
+    return _candidates.candidate_topk(query, gallery, candidates, k, exclude, offset)
+
+
+def candidate_mixed_rank_counts(parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], gallery: torch.Tensor,
+                                weights: torch.Tensor, candidates: Candidates, positives: torch.Tensor,
+                                exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`mixed_rank_counts` within each query's own candidates: (W, Q, P) each."""
+    check_mixed(parts, gallery, weights)
+    _USED["candidate_mixed_rank_counts"] = "reference"
+    return _candidates.candidate_mixed_rank_counts(parts, gallery, weights, candidates, positives, exclude)
 
 
 def bank_statistics(bank: torch.Tensor, gallery: torch.Tensor, beta: float, k: int
