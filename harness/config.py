@@ -117,6 +117,8 @@ class RunConfig:
         values = {**RECIPES[recipe], **given, "recipe": recipe}
         if "split" not in given:  # the suite's own (val; WebVid-CoVR's test, which has targets)
             values["split"] = SUITES.get(values.get("suite", cls.suite)).default_split
+        if "reference" not in given:  # the suite's own rule where its peers' code differs (EgoCVR: keep)
+            values["reference"] = getattr(SUITES.get(values.get("suite", cls.suite)), "default_reference", "remove")
         if "train" not in given:
             # A randomly initialised backbone is meaningless untrained.
             values["train"] = values.get("backbone", cls.backbone) == "blip-tiny" and not values.get("checkpoint")

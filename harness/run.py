@@ -147,7 +147,7 @@ def _evaluation(add) -> None:
         help="video suites: how a target video's sampled frames pool into its embedding: query (CoVR's "
              "default, softmax(scores / 0.1) of the annotation), mean, or the middle frame")
     add("--reference", choices=reference_rule.RULES,
-        help="where the query's reference stands: remove (CoVR; default), keep (CLIP4Cir, SPRC on FashionIQ; "
+        help="where the query's reference stands: remove (CoVR; default, EgoCVR's keep), keep (CLIP4Cir, SPRC on FashionIQ; "
              "SEARLE, MagicLens on CIRCO; mteb), covr-order (WebVid-CoVR: CoVR's mask as its code places it on "
              "a CSV not sorted by pth2); CIRR takes remove only")
     add("--token-pooling", choices=token_pooling.CHOICES,

@@ -88,3 +88,18 @@ for _row in PAPER_WEBVID:  # the means, as CoVR's eval_recall computes them
     _m = _row["metrics"]
     _m["meanR3"] = (_m["R@1"] + _m["R@5"] + _m["R@10"]) / 3
     _m["meanR4"] = (_m["R@1"] + _m["R@5"] + _m["R@10"] + _m["R@50"]) / 4
+
+# EgoCVR (harness/evaluation/protocols/egocvr.py): global R@{1,5,10} and local R@{1,2,3}.
+# The protocol its code runs (ExplainableML/EgoCVR at fc08f95, egocvr_retrieval.py): the
+# official gallery lists (egocvr_annotations_gallery.csv, lines 110, 383-385), nothing removed
+# beyond them (lines 267-271), a hit when any target is within K (line 300), queries with
+# fewer than 2 candidates skipped (lines 91, 273-275), cosine (lines 229-235); BLIP-CoVR's
+# composed query averaged over 15 query frames (model/models.py lines 39-50) and targets the
+# mean of 15 frame embeddings (egocvr_retrieval.py line 448), the instruction as query text
+# (README: `--text instruction` for BLIP_CoVR). No row yet: the paper's table (arXiv
+# 2407.16658) could not be read from this machine, and a number is kept here only once it
+# is traced to its table.
+EGOCVR_CODE_PROTOCOL = {"suite": "egocvr", "split": "test", "gallery": "egocvr_annotations_gallery.csv",
+                        "reference_removed": False, "query_text": "instruction", "query_frames": 15,
+                        "target_frames": 15, "similarity": "cosine (one vector each)"}
+PAPER_EGOCVR: list[dict] = []

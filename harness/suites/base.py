@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -52,6 +53,11 @@ class SplitData:
     # Gallery (or target) items that are videos: their frames' image ids and pooling
     # weights (summing to 1); an item not listed is an image, embedded as itself.
     frames: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    # Per-query candidate galleries by setting (EgoCVR: "global", "local"): for each
+    # query, in query order, the positions in `gallery` (the one pool) of its own
+    # candidates, an int array, or None for the whole pool; a setting's metrics rank
+    # each query within its own (harness/evaluation/candidate_galleries.py).
+    candidates: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
 
     def images_of(self, item_id: str) -> list[str]:
         """The images an item is embedded from: its frames, or itself."""
