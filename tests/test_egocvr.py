@@ -215,3 +215,33 @@ def test_paper_protocol_is_recorded():
 
     assert EGOCVR_CODE_PROTOCOL["reference_removed"] is False and PAPER_EGOCVR == []
     assert Path(egocvr.__file__).name == "egocvr.py"
+
+
+@pytest.mark.parametrize("reference", ["keep", "remove"])
+def test_mixing_sweep_entries_are_the_protocols_figures(small_root, reference, monkeypatch):
+    from harness.evaluation.embed import COMPOSED
+    from harness.mixing.adapters import MIXERS
+    from harness.mixing.grid import mix
+    from harness.mixing.parts import heldout_halves, make_part
+
+    monkeypatch.setenv("COIR_COMPILE", "0")  # the same integers; compiling the counts costs a minute here
+    data = egocvr.EgoCVRSuite(small_root).load("test")
+    rng = np.random.default_rng(0)
+    index = {g: i for i, g in enumerate(data.gallery)}
+    gallery = rng.normal(size=(len(data.gallery), 8)) * rng.uniform(0.3, 1.0, size=(len(data.gallery), 1))
+    targets = gallery[[index[q.target] for q in data.queries]]
+    q, t, f = (torch.tensor(rng.normal(size=targets.shape) + lean * targets, dtype=torch.float32)
+               for lean in (0.6, 0.0, 1.5))
+    emb = SplitEmbeddings(list(data.gallery), torch.tensor(gallery, dtype=torch.float32), f, q, t)
+    mixer, protocol = MIXERS.get("egocvr"), PROTOCOLS.get("egocvr")
+    rules = ScoringRules(reference=reference)
+    triples = torch.tensor([(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.2, 0.3, 0.5), (0.6, 0.0, 0.4)])
+    for rows in heldout_halves(data, seed=0):
+        part = make_part("half", data, emb, mixer.merge, rows)
+        assert [len(c) for c in part.data.candidates.values()] == [len(rows)] * 2  # candidates follow their queries
+        metrics, values = mixer.sweep(part, triples, rules)
+        for i, weights in enumerate(triples.tolist()):
+            mixed = part.embeddings(mix(part.parts, weights))
+            assert {m: v[i] for m, v in metrics.items()} == protocol.evaluate(part.data, mixed, rules)[COMPOSED]
+            for name, direct in protocol.query_values(part.data, mixed, rules)[COMPOSED].items():
+                assert torch.equal(values[name][i], direct), (weights, name)

@@ -106,5 +106,5 @@ def recall(hits: torch.Tensor, kept: torch.Tensor) -> float:
 def query_shares(hits: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Per-query values whose mean over all queries is `recall` / 100 (module docstring)."""
     count = int(kept.sum())
-    scale = len(hits) / count if count else 0.0
+    scale = hits.shape[-1] / count if count else 0.0  # Q, also for (W, Q) hits
     return torch.where(kept, hits * scale, torch.zeros_like(hits))

@@ -1,6 +1,7 @@
 """Some of a split's queries with their embeddings, for scoring a part of a split
 (the tuning and evaluation halves of mixing and of the similarity methods) through
-the suite's own protocol: the gallery, its groups and frames stay whole."""
+the suite's own protocol: the gallery, its groups and frames stay whole; per-query
+candidate galleries follow their queries."""
 
 from __future__ import annotations
 
@@ -20,5 +21,5 @@ def query_subset(data: SplitData, emb: SplitEmbeddings, rows: Sequence[int]) -> 
     def take(tensor: torch.Tensor | None) -> torch.Tensor | None:
         return None if tensor is None else tensor[index]
 
-    return (replace(data, queries=[data.queries[i] for i in rows]),
+    return (data.take(rows),
             replace(emb, composed=take(emb.composed), image=take(emb.image), text=take(emb.text)))

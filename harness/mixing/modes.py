@@ -93,7 +93,8 @@ def check(settings: MixSettings, suite, data: SplitData, backbone) -> None:
         )
     if not data.has_targets:
         raise HarnessError(f"--mix needs a split with targets; {settings.suite}/{settings.split} has none")
-    if settings.reference != "remove":
+    # an adapter that scores other reference rules says so (EgoCVR's: keep and remove)
+    if settings.reference not in getattr(MIXERS.get(scoring), "reference_rules", ("remove",)):
         raise HarnessError(f"--mix scores with the reference removed; --reference {settings.reference} "
                            "is not supported with it yet: leave --reference out")
     if settings.tune_split == settings.split:

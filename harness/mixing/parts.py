@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -102,6 +102,5 @@ def subsample(data: SplitData, cap: int | None, seed: int) -> tuple[SplitData, s
     if cap is not None and len({data.queries[i].pair_id for i in rows}) > cap:
         rows, _ = _by_pair_ids(data, rows, cap, seed)
         rule += f", those of the first {cap} pair ids by sha256('{seed}:<pair id>')"
-        return replace(data, queries=[data.queries[i] for i in rows],
-                       split=f"{data.split}-sample{cap}-seed{seed}"), rule
-    return replace(data, queries=[data.queries[i] for i in rows]), rule
+        return data.take(rows, split=f"{data.split}-sample{cap}-seed{seed}"), rule
+    return data.take(rows), rule

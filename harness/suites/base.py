@@ -8,7 +8,8 @@ by id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +59,13 @@ class SplitData:
     # candidates, an int array, or None for the whole pool; a setting's metrics rank
     # each query within its own (harness/evaluation/candidate_galleries.py).
     candidates: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
+
+    def take(self, rows: Sequence[int], **changes) -> SplitData:
+        """The split with the queries at `rows` (in that order) and their candidate
+        galleries, the gallery whole; `changes` as for dataclasses.replace."""
+        rows = list(rows)
+        return replace(self, queries=[self.queries[i] for i in rows],
+                       candidates={s: [c[i] for i in rows] for s, c in self.candidates.items()}, **changes)
 
     def images_of(self, item_id: str) -> list[str]:
         """The images an item is embedded from: its frames, or itself."""
