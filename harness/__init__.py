@@ -7,10 +7,11 @@
 
 - core/        errors, atomic writes, paths, progress, registry, precision, processes,
                provenance: imports no other harness package;
-- suites/      datasets (CIRR, shapes, FashionIQ, CIRCO), their generators and scenes,
-               image files: core only;
-- evaluation/  embedding and its cache, validation, scoring protocols, metrics, server
-               files, the papers' numbers: core, suites, coir_kernels, backbones;
+- suites/      datasets (CIRR, shapes, FashionIQ, CIRCO, WebVid-CoVR, EgoCVR), their
+               generators and scenes, image files: core only;
+- evaluation/  embedding and its cache, validation, scoring protocols, per-query
+               candidate galleries, metrics, server files, the papers' numbers: core,
+               suites, coir_kernels, backbones;
 - training/    the fine-tuning loop, settings, engines, gathered negatives, gradient
                caching, losses, recipes, resumable state: core, suites, backbones;
 - mixing/      the mixed-embedding extension: core, suites, evaluation, coir_kernels,

@@ -257,6 +257,9 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
         similarity_settings.check(config.similarity_settings(suite), suite, config.split)
     if config.rerank:
         check_second_stage(config.rerank_settings(), data)
+    if data.candidates and (config.similarity or config.rerank):  # both score the whole gallery
+        raise HarnessError(f"--similarity and --rerank score every query against the whole gallery; {config.suite} "
+                           "ranks each query within its own candidates (per-query galleries): not supported yet")
     out_dir = Path(config.out)
     stem = result_stem(config)
     embeddings, training, gallery_model = fine_tune_and_embed(config, model, data, train_data, backbone_entry,

@@ -245,3 +245,16 @@ def test_mixing_sweep_entries_are_the_protocols_figures(small_root, reference, m
             assert {m: v[i] for m, v in metrics.items()} == protocol.evaluate(part.data, mixed, rules)[COMPOSED]
             for name, direct in protocol.query_values(part.data, mixed, rules)[COMPOSED].items():
                 assert torch.equal(values[name][i], direct), (weights, name)
+
+
+def test_whole_gallery_studies_are_refused_before_embedding(small_root, tmp_path, monkeypatch):
+    """--rerank and --similarity score against the whole gallery: a suite with per-query
+    galleries refuses them (before any embedding) rather than scoring another protocol."""
+    from harness.config import RunConfig
+    from harness.pipeline import run
+
+    monkeypatch.setattr("harness.pipeline.fine_tune_and_embed", lambda *a, **k: pytest.fail("embedded"))
+    config = RunConfig.resolve({"suite": "egocvr", "data_root": str(small_root), "out": str(tmp_path),
+                                "train": False, "similarity": ("csls-transductive",)})
+    with pytest.raises(HarnessError, match="per-query galleries"):
+        run(config, argv=["(test)"])
