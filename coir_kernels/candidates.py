@@ -38,39 +38,56 @@ MASK_ELEMENTS = 1 << 24  # scores (and mask entries) held per chunk of queries
 
 @dataclass(frozen=True)
 class Candidates:
-    """Each query's candidate pool rows: row i is items[starts[i]:starts[i + 1]]."""
+    """Each query's candidate pool rows: row i is items[starts[i]:starts[i + 1]], or the
+    whole pool where whole[i] (nothing stored for it: a global setting costs no memory)."""
 
     starts: torch.Tensor  # (Q + 1,) int64, non-decreasing, starts[0] = 0
     items: torch.Tensor  # (N,) int64 pool rows, sorted and unique within each query's row
     num_items: int  # the pool's size G
+    whole: torch.Tensor | None = None  # (Q,) bool: the query's candidates are the whole pool
 
     @classmethod
-    def from_lists(cls, rows: Sequence[Sequence[int]], num_items: int) -> Candidates:
-        """From one list of pool rows per query; duplicates within a list are one
-        candidate. ValueError names the first query with a row outside the pool."""
-        starts, items = [0], []
+    def from_lists(cls, rows: Sequence[Sequence[int] | None], num_items: int) -> Candidates:
+        """From one list of pool rows per query (None: the whole pool); duplicates within
+        a list are one candidate. ValueError names the first query with a row outside the pool."""
+        starts, pieces = [0], []
         for i, row in enumerate(rows):
-            unique = sorted({int(r) for r in row})
-            if unique and (unique[0] < 0 or unique[-1] >= num_items):
-                raise ValueError(f"query {i}: candidate rows must lie in [0, {num_items}), got "
-                                 f"{unique[0] if unique[0] < 0 else unique[-1]}")
-            items += unique
-            starts.append(len(items))
-        return cls(torch.tensor(starts, dtype=torch.long), torch.tensor(items, dtype=torch.long), num_items)
+            unique = torch.empty(0, dtype=torch.long) if row is None else \
+                torch.unique(torch.as_tensor(row, dtype=torch.long).reshape(-1))
+            if len(unique) and (unique[0] < 0 or unique[-1] >= num_items):
+                bad = int(unique[0] if unique[0] < 0 else unique[-1])
+                raise ValueError(f"query {i}: candidate rows must lie in [0, {num_items}), got {bad}")
+            pieces.append(unique)
+            starts.append(starts[-1] + len(unique))
+        items = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
+        whole = torch.tensor([row is None for row in rows], dtype=torch.bool)
+        return cls(torch.tensor(starts, dtype=torch.long), items, num_items, whole if whole.any() else None)
 
     def __len__(self) -> int:
         return self.starts.numel() - 1
 
     def sizes(self) -> torch.Tensor:
         """(Q,) how many candidates each query has."""
-        return self.starts[1:] - self.starts[:-1]
+        sizes = self.starts[1:] - self.starts[:-1]
+        return sizes if self.whole is None else torch.where(self.whole, self.num_items, sizes)
+
+    def contains(self, items: torch.Tensor) -> torch.Tensor:
+        """(Q,) bool: whether items[i] (a pool row, -1 for none) is a candidate of query i."""
+        out = torch.zeros(len(self), dtype=torch.bool)
+        for i in torch.nonzero(items >= 0).squeeze(1).tolist():
+            row = self.items[self.starts[i]: self.starts[i + 1]]
+            out[i] = bool(self.whole is not None and self.whole[i]) or bool(torch.isin(items[i], row))
+        return out
 
     def mask(self, start: int, stop: int, device: torch.device | None = None) -> torch.Tensor:
         """(stop - start, G) bool: which pool rows are candidates of queries start ... stop - 1."""
         lo, hi = int(self.starts[start]), int(self.starts[stop])
-        rows = torch.repeat_interleave(torch.arange(stop - start), self.sizes()[start:stop])
+        counts = self.starts[start + 1: stop + 1] - self.starts[start:stop]
+        rows = torch.repeat_interleave(torch.arange(stop - start), counts)
         out = torch.zeros(stop - start, self.num_items, dtype=torch.bool)
         out[rows, self.items[lo:hi]] = True
+        if self.whole is not None:
+            out[self.whole[start:stop]] = True
         return out if device is None else out.to(device)
 
 

@@ -35,6 +35,15 @@ def small_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def derived_root(small_root, tmp_path_factory):
+    """The generated set without its gallery file: the lists are derived."""
+    root = tmp_path_factory.mktemp("egocvr-derived") / "data"
+    shutil.copytree(small_root, root)
+    (root / "annotation" / "egocvr" / "egocvr_annotations_gallery.csv").unlink()
+    return root
+
+
 def test_vendored_files_are_unchanged():
     for line in (REAL / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
@@ -146,8 +155,9 @@ def _brute_force(data, emb, setting, ks, reference_removed):
 
 
 @pytest.mark.parametrize("reference", ["keep", "remove"])
-def test_both_settings_match_a_brute_force_count(small_root, reference):
-    data = egocvr.EgoCVRSuite(small_root).load("test")
+@pytest.mark.parametrize("lists", ["official", "derived"])
+def test_both_settings_match_a_brute_force_count(small_root, derived_root, reference, lists):
+    data = egocvr.EgoCVRSuite(small_root if lists == "official" else derived_root).load("test")
     data.candidates["local"][3] = data.candidates["local"][3][:1]  # a one-clip gallery: left out
     emb = _embeddings(data)
     second = data.gallery.index(data.queries[0].ground_truths[1])  # query 0 finds only its second target
@@ -187,11 +197,8 @@ def test_a_missing_clip_is_reported_up_front(small_root, tmp_path):
         egocvr.EgoCVRSuite(root).load("test")
 
 
-def test_without_the_gallery_file_the_lists_are_derived(small_root, tmp_path):
-    root = tmp_path / "copy"
-    shutil.copytree(small_root, root)
-    (root / "annotation" / "egocvr" / "egocvr_annotations_gallery.csv").unlink()
-    data = egocvr.EgoCVRSuite(root).load("test")
+def test_without_the_gallery_file_the_lists_are_derived(small_root, derived_root):
+    data = egocvr.EgoCVRSuite(derived_root).load("test")
     assert data.provenance["galleries"].startswith("derived") and data.candidates["global"][0] is None
     official = egocvr.EgoCVRSuite(small_root).load("test")
     assert [x.tolist() for x in data.candidates["local"]] == [x.tolist() for x in official.candidates["local"]]

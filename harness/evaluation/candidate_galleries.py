@@ -54,9 +54,8 @@ def candidates_of(data: SplitData, setting: str) -> Candidates:
     if len(rows) != len(data.queries):
         raise HarnessError(f"{data.suite}/{data.split}: {len(rows)} {setting} galleries for "
                            f"{len(data.queries)} queries")
-    everything = range(len(data.gallery))
     try:
-        return Candidates.from_lists([everything if r is None else r for r in rows], len(data.gallery))
+        return Candidates.from_lists(rows, len(data.gallery))
     except ValueError as err:
         raise HarnessError(f"{data.suite}/{data.split}, {setting} galleries: {err}") from err
 
@@ -76,11 +75,7 @@ def setting_labels(data: SplitData, setting: str, reference: str, min_gallery: i
 
 def taking_part(candidates: Candidates, exclude: torch.Tensor) -> torch.Tensor:
     """(Q,) each query's candidates, its excluded item not counted."""
-    sizes = candidates.sizes().clone()
-    for i in torch.nonzero(exclude >= 0).squeeze(1).tolist():
-        row = candidates.items[candidates.starts[i]: candidates.starts[i + 1]]
-        sizes[i] -= int(torch.isin(exclude[i], row))
-    return sizes
+    return candidates.sizes() - candidates.contains(exclude).long()
 
 
 def hits_from_counts(counts, setting: SettingLabels, tie_rule: str, ks) -> dict[int, torch.Tensor]:

@@ -135,3 +135,16 @@ def test_bad_candidates_are_refused():
     q, pool, candidates, positives, exclude = _tensors()
     with pytest.raises(ValueError, match="candidates for 3 queries"):
         coir_kernels.candidate_rank_counts(q[:2], pool, candidates, positives[:2], exclude[:2])
+
+
+def test_a_whole_pool_row_is_stored_as_a_flag_and_counts_as_every_row():
+    q, pool, _, positives, exclude = _tensors()
+    rows = [None, CANDIDATES[1], None]
+    flagged = Candidates.from_lists(rows, len(POOL))
+    listed = Candidates.from_lists([range(len(POOL)) if r is None else r for r in rows], len(POOL))
+    assert flagged.items.numel() == len(set(CANDIDATES[1])) and flagged.sizes().tolist() == [6, 4, 6]
+    assert torch.equal(flagged.mask(0, 3), listed.mask(0, 3))
+    assert flagged.contains(torch.tensor([5, 0, -1])).tolist() == [True, False, False]
+    for a, b in zip(coir_kernels.candidate_rank_counts(q, pool, flagged, positives, exclude),
+                    coir_kernels.candidate_rank_counts(q, pool, listed, positives, exclude)):
+        assert torch.equal(a.nan_to_num(-7), b.nan_to_num(-7))
