@@ -265,3 +265,26 @@ def test_whole_gallery_studies_are_refused_before_embedding(small_root, tmp_path
                                 "train": False, "similarity": ("csls-transductive",)})
     with pytest.raises(HarnessError, match="per-query galleries"):
         run(config, argv=["(test)"])
+
+
+def test_zero_shot_run_reports_both_settings(tmp_path_factory, tmp_path):
+    """blip-tiny fine-tuned one epoch on the shapes set beside a generated EgoCVR, then
+    scored zero-shot: global R@1/5/10 and local R@1/2/3 for the composed query and both
+    baselines, from one embedding pass, with the lists named in the fingerprint."""
+    from harness.config import RunConfig
+    from harness.pipeline import run
+
+    root = tmp_path_factory.mktemp("egocvr-run") / "data"
+    egocvr_generator.generate(root, egocvr_generator.EgoCVRSpec(frames=8, videos=3, distractor_videos=1,
+                                                                train_sets=20))
+    result = run(RunConfig.resolve({"suite": "egocvr", "data_root": str(root), "out": str(tmp_path), "epochs": 1,
+                                    "cache": False}), argv=["(test)"])
+    assert result["training"]["trained_on"] == "shapes/train"
+    for method in ("composed f(q,t)", "image-only q", "text-only t"):
+        assert list(result["metrics"][method]) == ["global R@1", "global R@5", "global R@10",
+                                                   "local R@1", "local R@2", "local R@3"]
+    assert result["protocol"]["scoring"] == "egocvr" and result["protocol"]["reference_removed"] is False
+    assert "egocvr_annotations_gallery.csv" in result["protocol"]["fingerprint"]["gallery"]
+    assert result["timings"]["embedding"]["images_encoded"] > 0
+    markdown = next(tmp_path.glob("egocvr_test_*.md")).read_text()
+    assert "local R@3" in markdown and "No EgoCVR paper rows yet" in markdown

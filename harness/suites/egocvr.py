@@ -17,10 +17,12 @@ galleries drawn from it (`SplitData.candidates`):
 - without it, derived: `global` is the whole pool, `local` every pool clip of the
   query's video (the `<video_uid>` of its clip id). Both hold the query clip, ranked
   as EgoCVR's code ranks a listed clip (`--reference keep`, this suite's default: 17
-  real queries list their own clip as a target) or taken out (`remove`). These are not EgoCVR's
-  lists (the paper states about 6.4 local candidates per query; the real pool gives
-  20.0 clips of the query's video besides the query clip), so numbers from them are
-  not comparable with the paper's; the protocol block says which lists were used.
+  real queries list their own clip as a target) or taken out (`remove`). These are
+  not EgoCVR's lists: a benchmark summary (alphaxiv.org, EgoCVR page; not the paper's
+  text, which could not be read here) gives 10,661-12,526 global and about 6.4 local
+  clips per query, while the derived local lists hold 21.0 on the real pool. Numbers
+  from them are not comparable with the paper's; the protocol block says which lists
+  were used.
 
 Video handling is WebVid-CoVR's (harness/suites/webvid_covr.py): PyAV, each clip
 decoded once into the frame cache, every clip checked up front (one error listing
