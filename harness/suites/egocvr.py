@@ -138,7 +138,7 @@ def read_egocvr(root: Path, split: str, suite: str, target_frames: int = TARGET_
         "reader_version": READER_VERSION,
         "annotation_file": str(annotation),
         "caption_sha256": _sha256(annotation),
-        "pool_sha256": _sha256(root / ANNOTATION_DIR / POOL),
+        "split_sha256": _sha256(root / ANNOTATION_DIR / POOL),  # the pool: part of the embedding-cache key
         "gallery_lists_sha256": _sha256(root / ANNOTATION_DIR / GALLERY),
         "queries_with_several_targets": sum(len(r.targets) > 1 for r in rows),
         "queries_targeting_their_own_clip": sum(r.clip in r.targets for r in rows),
