@@ -125,3 +125,18 @@ PAPER_GENECIS = [
      "source": "facebookresearch/genecis DOWNLOAD.md (pre-trained weights table)",
      "protocol": {**_GENECIS_CODE, "image_size": 224}, "metrics": {"avg R@1": 17.6}},
 ]
+
+# Dense-WebVid-CoVR test (harness/suites/dense_webvid_covr.py), scored as WebVid-CoVR.
+# BSE-CoVR's README ("Overview", and the paper's abstract, arXiv 2508.14039) states only its
+# own model's Recall@1, 71.3, "in visual+text setting": the query adds the reference video's
+# dense description (txt1) through the model's prompt encoder (src/test/webvid_covr.py lines
+# 17-36, 52-54), which the harness's BLIP does not read. The paper's table (its other recalls
+# and the baselines) could not be read from this machine. Protocol as BSE-CoVR's code runs it:
+# pre_caption to 30 words (src/data/webvid_covr.py line 370), 64 tokens (src/test/webvid_covr.py
+# line 60), the reference's video masked (evalute_scores.py lines 72-76), 384 px
+# (configs/evaluate/webvid-covr.yaml), cosine (lines 48-49, 70).
+PAPER_DENSE_WEBVID = [
+    {"row": "BSE-CoVR (BLIP-L + dense reference description), visual+text", "source":
+     "OmkarThawakar/BSE-CoVR README.md (Overview; the paper's abstract), R@1 only",
+     "protocol": {**_COVR_WEBVID, "suite": "dense-webvid-covr"}, "metrics": {"R@1": 71.3}},
+]
