@@ -197,3 +197,35 @@ def test_zero_shot_run_reports_each_task_and_the_average(tmp_path_factory, tmp_p
     assert result["protocol"]["mean_candidates"] == 5.0
     markdown = next(tmp_path.glob("genecis_all_*.md")).read_text()
     assert "change_attribute R@3" in markdown and "16.80" in markdown
+
+
+@pytest.mark.parametrize("reference", ["keep", "remove"])
+def test_mixing_sweep_entries_are_the_protocols_figures(small_root, reference, monkeypatch):
+    from harness.evaluation.embed import COMPOSED
+    from harness.mixing.adapters import MIXERS
+    from harness.mixing.grid import mix
+    from harness.mixing.parts import heldout_halves, make_part
+
+    monkeypatch.setenv("COIR_COMPILE", "0")
+    data = genecis.GeneCISSuite(small_root).load("all")
+    rng = np.random.default_rng(0)
+    index = {g: i for i, g in enumerate(data.gallery)}
+    gallery = rng.normal(size=(len(data.gallery), 8))
+    targets = gallery[[index[q.target] for q in data.queries]]
+    q, t, f = (torch.tensor(rng.normal(size=targets.shape) + lean * targets, dtype=torch.float32)
+               for lean in (0.6, 0.0, 1.5))
+    emb = SplitEmbeddings(list(data.gallery), torch.tensor(gallery, dtype=torch.float32), f, q, t)
+    mixer, protocol = MIXERS.get("genecis"), PROTOCOLS.get("genecis")
+    rules = ScoringRules(reference=reference)
+    triples = torch.tensor([(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.2, 0.3, 0.5), (0.6, 0.0, 0.4)])
+    for rows in heldout_halves(data, seed=0):
+        part = make_part("half", data, emb, mixer.merge, rows)
+        metrics, values = mixer.sweep(part, triples, rules)
+        assert list(metrics) == mixer.metrics(part)
+        for i, weights in enumerate(triples.tolist()):
+            mixed = part.embeddings(mix(part.parts, weights))
+            assert {m: v[i] for m, v in metrics.items()} == pytest.approx(
+                protocol.evaluate(part.data, mixed, rules)[COMPOSED])
+            direct = protocol.query_values(part.data, mixed, rules)[COMPOSED]
+            for name, v in values.items():
+                assert torch.allclose(v[i].double(), direct[name].double())
