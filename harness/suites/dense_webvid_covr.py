@@ -1,6 +1,6 @@
 """Dense-WebVid-CoVR (Thawakar et al., ICCV 2025, "Beyond Simple Edits"; code
-OmkarThawakar/BSE-CoVR at ea3fa3c), WebVid-CoVR with dense modification texts (about
-31 words against 4.6, README "Overview": "around seven times more"), read from
+OmkarThawakar/BSE-CoVR at ea3fa3c), WebVid-CoVR with dense modification texts ("around
+seven times more" text than WebVid-CoVR's, README "Overview"), read from
 --data-root in WebVid-CoVR's layout, or a generated stand-in with long texts.
 
 Everything but the texts is WebVid-CoVR's (harness/suites/webvid_covr.py: the reader,
@@ -10,7 +10,7 @@ configs/evaluate/webvid-covr.yaml), its evaluation CoVR's (evalute_scores.py lin
 the reference's own video masked with -10, R@1/5/10/50, meanR3, meanR4), and its files
 the same names (README "Computing BLIP embeddings": annotation/webvid-covr/
 webvid2m-covr_train.csv, webvid8m-covr_test.csv; configs/evaluate/webvid-covr.yaml
-line 17). Rows also need `txt1`, the reference video's dense description, which
+line 15). Rows also need `txt1`, the reference video's dense description, which
 BSE-CoVR's loaders read for its own model (src/data/webvid_covr.py lines 164 and 371);
 the harness's BLIP does not use it, and a file without it is refused.
 
