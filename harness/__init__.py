@@ -7,8 +7,8 @@
 
 - core/        errors, atomic writes, paths, progress, registry, precision, processes,
                provenance: imports no other harness package;
-- suites/      datasets (CIRR, shapes, FashionIQ, CIRCO, WebVid-CoVR, EgoCVR), their
-               generators and scenes, image files: core only;
+- suites/      datasets (CIRR, shapes, FashionIQ, CIRCO, WebVid-CoVR, Dense-WebVid-CoVR,
+               EgoCVR, GeneCIS), their generators and scenes, image files: core only;
 - evaluation/  embedding and its cache, validation, scoring protocols, per-query
                candidate galleries, metrics, server files, the papers' numbers: core,
                suites, coir_kernels, backbones;

@@ -81,6 +81,7 @@ class RunConfig:
     # video suites (harness/suites/webvid_covr.py): the query's frame, how a target's frames pool
     video_query_frame: str = "middle"
     video_pooling: str = "query"
+    text_length: int | None = None  # dense-webvid-covr: evaluation tokens (None: the suite's, 64)
     # mixed embeddings (harness/mixing/__init__.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
     mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
@@ -227,14 +228,14 @@ NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_emb
 # Fields added after results were published: omitted from the hash at these values.
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
-                "video_query_frame": "middle", "video_pooling": "query", "iterate": "rows", "reference": "remove",
+                "video_query_frame": "middle", "video_pooling": "query", "text_length": None, "iterate": "rows", "reference": "remove",
                 "token_pooling": "auto", "query_template": "caption", "similarity": (), "similarity_bank": "auto",
                 "similarity_bank_max_queries": 2000, "rerank": None, "rerank_k": 50, "rerank_checkpoint": None,
                 "rerank_fusion": "none", "rerank_train": None, "rerank_negatives": 7, "rerank_epochs": 2,
                 "rerank_batch_size": 32, "rerank_lr": None}
 # Fields only some suites take (a suite's `options`), and which.
 SUITE_OPTIONS = {"video_query_frame": "video suites (webvid-covr)", "video_pooling": "video suites (webvid-covr)",
-                 "query_template": "circo"}
+                 "query_template": "circo", "text_length": "dense-webvid-covr"}
 
 
 def check_rerank_options(values: dict) -> None:

@@ -121,6 +121,19 @@ def load_splits(config: RunConfig, suite) -> tuple[SplitData, SplitData | None]:
     return data, train_data
 
 
+def with_text_length(backbone, suite) -> None:
+    """A suite that fixes the evaluation text length (dense-webvid-covr's --text-length)
+    sets it on the backbone before anything is embedded: it is then in the embedding
+    cache's key and the fingerprint's text_length; training keeps the backbone's own."""
+    length = getattr(suite, "text_length", None)
+    if length is None:
+        return
+    if length > backbone.text_positions:
+        raise HarnessError(f"--text-length {length} exceeds the {backbone.text_positions} text positions of this "
+                           "backbone")
+    backbone.eval_max_text_len = backbone.max_text_len = length
+
+
 def train(config: RunConfig, model: Model, train_data: SplitData, data: SplitData, checkpoint_dir: Path) -> dict:
     """Fine-tune, then evaluate the checkpoint written: the results' "training" block."""
     backbone = model.backbone
@@ -249,6 +262,7 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     seed_everything(config.seed)
     model = Model(backbone_entry.load(config.load_options(), device), device, precision, config.eval_batch_size,
                   cache_dir() / "embeddings" if config.cache else None)
+    with_text_length(model.backbone, suite)
     # mixing scores as the protocol scores: the run's resolved token pooling
     mixing = dataclasses.replace(config.mixing(), token_pooling=rules.token_pooling) if config.mix else None
     if mixing:  # refuse what mixing does not cover, before any work

@@ -146,8 +146,11 @@ def _evaluation(add) -> None:
     add("--video-pooling", choices=POOLINGS,
         help="video suites: how a target video's sampled frames pool into its embedding: query (CoVR's "
              "default, softmax(scores / 0.1) of the annotation), mean, or the middle frame")
+    add("--text-length", type=int, metavar="TOKENS",
+        help="dense-webvid-covr: the modification text's token length at evaluation (default 64, BSE-CoVR's "
+             "src/test/webvid_covr.py); recorded in the protocol and its fingerprint")
     add("--reference", choices=reference_rule.RULES,
-        help="where the query's reference stands: remove (CoVR; default, EgoCVR's keep), keep (CLIP4Cir, SPRC on FashionIQ; "
+        help="where the query's reference stands: remove (CoVR; default, EgoCVR's and GeneCIS's keep), keep (CLIP4Cir, SPRC on FashionIQ; "
              "SEARLE, MagicLens on CIRCO; mteb), covr-order (WebVid-CoVR: CoVR's mask as its code places it on "
              "a CSV not sorted by pth2); CIRR takes remove only")
     add("--token-pooling", choices=token_pooling.CHOICES,

@@ -6,7 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.evaluation.fingerprint import differences
-from harness.evaluation.paper import PAPER_CIRCO, PAPER_CIRR, PAPER_FASHIONIQ, PAPER_WEBVID
+from harness.evaluation.paper import (
+    PAPER_CIRCO,
+    PAPER_CIRR,
+    PAPER_DENSE_WEBVID,
+    PAPER_FASHIONIQ,
+    PAPER_GENECIS,
+    PAPER_WEBVID,
+)
 from harness.evaluation.protocols import PROTOCOLS, scoring_of
 from harness.reports.header import section_header
 from harness.reports.mixing import mixing_markdown
@@ -15,7 +22,8 @@ from harness.reports.similarity import similarity_markdown
 from harness.reports.training import training_line
 
 PAPERS = {"cirr": PAPER_CIRR, "fashioniq": PAPER_FASHIONIQ, "circo": PAPER_CIRCO,
-          "webvid-covr": PAPER_WEBVID}  # suite -> paper rows
+          "webvid-covr": PAPER_WEBVID, "dense-webvid-covr": PAPER_DENSE_WEBVID,
+          "genecis": PAPER_GENECIS}  # suite -> paper rows
 
 
 def metrics_table(result: dict) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,12 @@ def _scores(spec: WebVidSpec, rng: random.Random) -> list[float]:
     return [round(0.3 - 0.01 * abs(i - middle) + 0.005 * rng.random(), 4) for i in indices]
 
 
-def _write_split(tmp: Path, spec: WebVidSpec, split: str) -> int:
+def short_texts(edit, scene, target, rng: random.Random) -> dict[str, str]:
+    """The row's texts: WebVid-CoVR's short edit caption, no descriptions."""
+    return {"edit": caption_for(edit, scene, rng), "txt1": "", "txt2": ""}
+
+
+def _write_split(tmp: Path, spec: WebVidSpec, split: str, texts: Callable = short_texts) -> int:
     csv_name, video_dir = FILES[split]
     rng = random.Random(f"webvid:{spec.seed}:{split}")
     rows = []
@@ -95,8 +101,8 @@ def _write_split(tmp: Path, spec: WebVidSpec, split: str) -> int:
             target = f"{folder}/{SPLIT_NUMBER[split]}{ref:06d}{k + 1}"
             write_clip(tmp / video_dir / f"{target}.mp4", clip_frames(apply_edit(scene, edit), spec,
                                                                       rng.uniform(-1.0, 1.0)))
-            rows.append({"pth1": reference, "pth2": target, "edit": caption_for(edit, scene, rng),
-                         "scores": str(_scores(spec, rng)), "txt1": "", "txt2": ""})
+            rows.append({"pth1": reference, "pth2": target, **texts(edit, scene, apply_edit(scene, edit), rng),
+                         "scores": str(_scores(spec, rng))})
     path = tmp / "annotation" / "webvid-covr" / csv_name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -106,7 +112,9 @@ def _write_split(tmp: Path, spec: WebVidSpec, split: str) -> int:
     return len(rows)
 
 
-def generate(root: Path, spec: WebVidSpec) -> dict:
-    """Write the dataset to `root` atomically and return its manifest."""
-    return write_dataset(root, describe(spec), lambda tmp: {
-        "queries": {split: _write_split(tmp, spec, split) for split in spec.references}})
+def generate(root: Path, spec: WebVidSpec, texts: Callable = short_texts, identity: dict | None = None) -> dict:
+    """Write the dataset to `root` atomically and return its manifest; `texts` makes each
+    row's edit and descriptions (Dense-WebVid-CoVR's stand-in passes long ones, and its
+    own `identity` for the manifest)."""
+    return write_dataset(root, identity or describe(spec), lambda tmp: {
+        "queries": {split: _write_split(tmp, spec, split, texts) for split in spec.references}})

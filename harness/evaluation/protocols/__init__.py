@@ -18,7 +18,7 @@ keeps the results it always wrote: no "scoring" field in the protocol block (its
 absence means "cirr").
 """
 
-from harness.evaluation.protocols import circo, cirr, egocvr, fashioniq, webvid  # noqa: F401  (registration)
+from harness.evaluation.protocols import circo, cirr, egocvr, fashioniq, genecis, webvid  # noqa: F401  (registration)
 from harness.evaluation.protocols.base import (
     PROTOCOLS,
     ScoringProtocol,

@@ -2,7 +2,9 @@
 each query ranks the split's target videos, its own reference video removed where
 it is one of them; Recall@{1,5,10,50} on the target, meanR3 = mean of R@1, R@5,
 R@10 and meanR4 = mean of the four, as CoVR's eval_recall. The ranks come from the
-CIRR-protocol counts (harness/evaluation/metrics.py) without image sets.
+CIRR-protocol counts (harness/evaluation/metrics.py) without image sets. Dense-WebVid-CoVR
+(harness/suites/dense_webvid_covr.py) is scored the same way, as BSE-CoVR's
+evalute_scores.py does, with its own paper rows and its text length in the block.
 
 `--reference` (harness/evaluation/reference_rule.py): `remove` (default, the rule
 CoVR's code means), `keep` (as mteb's WebVid-CoVR task is reported to score), `covr-order`
@@ -18,7 +20,7 @@ import torch
 from harness.core.errors import HarnessError
 from harness.evaluation.embed import methods_of
 from harness.evaluation.metrics import build_labels, cirr_query_values, percent
-from harness.evaluation.paper import PAPER_WEBVID
+from harness.evaluation.paper import PAPER_DENSE_WEBVID, PAPER_WEBVID
 from harness.evaluation.per_query import cirr_records
 from harness.evaluation.protocols.base import PROTOCOLS, ScoringRules
 from harness.evaluation.protocols.tables import (
@@ -50,8 +52,11 @@ class WebVidProtocol:
     token_pooling = "mean"  # CoVR-2: src/test/blip2/webvid_covr.py lines 78-79, 100-102
 
     def describe(self, data, rules: ScoringRules) -> dict:
-        return {"scoring": self.name, "reference_removed": recorded(rules.reference), "tie_rule": rules.tie_rule,
-                "recall_ks": list(RECALL_KS), "video": data.provenance.get("video")}
+        block = {"scoring": self.name, "reference_removed": recorded(rules.reference), "tie_rule": rules.tie_rule,
+                 "recall_ks": list(RECALL_KS), "video": data.provenance.get("video")}
+        if "text" in data.provenance:  # Dense-WebVid-CoVR: the text length and how long the texts are
+            block["text"] = data.provenance["text"]
+        return block
 
     def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]:
         check_embeddings(data, emb, methods_of(emb))
@@ -85,9 +90,10 @@ class WebVidProtocol:
     def metrics_table(self, result: dict) -> str:
         chance = {f"R@{k}": min(100.0, 100.0 * k / max(1, result["protocol"]["gallery_images"]))
                   for k in RECALL_KS}
-        rows = method_rows(result, METRICS, chance) + paper_rows(PAPER_WEBVID, METRICS)
+        paper = PAPER_DENSE_WEBVID if result["protocol"]["suite"] == "dense-webvid-covr" else PAPER_WEBVID
+        rows = method_rows(result, METRICS, chance) + paper_rows(paper, METRICS)
         intervals = interval_table(result, METRICS)
-        return table(rows, METRICS) + "\n\n" + paper_note(result, PAPER_WEBVID) + " " + COVR_ORDER_NOTE + (
+        return table(rows, METRICS) + "\n\n" + paper_note(result, paper) + " " + COVR_ORDER_NOTE + (
             "\n\n" + intervals if intervals else "")
 
 
