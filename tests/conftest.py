@@ -40,28 +40,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COIR_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def default_run_in_background(request, tmp_path_factory):
-    """The default run (`python -m harness.run --no-cache --threads 1`), started at the
-    session's start when a selected test uses `regression_result`; None otherwise. One
-    thread: with the tests' own two, a third would make both processes' parallel
-    regions wait on a descheduled thread. The generated shapes dataset is made here
-    first: two processes must not generate it into one folder at once."""
-    if not any("regression_result" in getattr(item, "fixturenames", ()) for item in request.session.items):
-        yield None
-        return
-    from harness.suites.shapes import default_root, ensure_dataset
-    from tests.background_run import BackgroundRun
-
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("COIR_BENCH_CACHE", str(cache))
-        ensure_dataset(default_root())
-    run = BackgroundRun(["--no-cache", "--threads", "1"], tmp_path_factory.mktemp("default-run"), cache, REPO)
-    yield run
-    run.stop()
-
-
 @pytest.fixture(scope="session")
 def cirr_root(tmp_path_factory) -> Path:
     """The real CIRR annotations (vendored) with small stand-in images (NLVR2 is not

@@ -32,8 +32,8 @@ MIN_GAP = 5.0
 BASELINE_MARGIN = 20.0  # points the composed R@1 / R@5 / R@10 must lead each baseline by
 
 
-def untrained_default_run(out) -> dict:
-    config = RunConfig.resolve({"out": str(out), "cache": False, "threads": 2, "train": False})
+def default_run(out, train: bool = True) -> dict:
+    config = RunConfig.resolve({"out": str(out), "cache": False, "threads": 2, "train": train})
     return run(config, argv=["(regression test)"])
 
 
@@ -63,11 +63,8 @@ def problems(metrics: dict, summary: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def regression_result(default_run_in_background):
-    """The default run, seed 0: `python -m harness.run --no-cache --threads 1`, started in
-    the background at the session's start (tests/conftest.py). The floors hold for any
-    thread count: the thread count moves the last bits, as the CPU does."""
-    return default_run_in_background.result()
+def regression_result(tmp_path_factory):
+    return default_run(tmp_path_factory.mktemp("regression"))
 
 
 @pytest.mark.slow
@@ -78,7 +75,7 @@ def test_composed_recall_above_floor_and_baselines(regression_result):
 @pytest.mark.slow
 def test_untrained_model_fails_the_floor(tmp_path):
     """The check can fail: the default model left at its random initialisation."""
-    result = untrained_default_run(tmp_path)
+    result = default_run(tmp_path, train=False)
     assert len(problems(result["metrics"], spread())) >= len(CHECKED)
 
 
