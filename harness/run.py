@@ -150,7 +150,8 @@ def _evaluation(add) -> None:
         help="dense-webvid-covr: the modification text's token length at evaluation (default 64, BSE-CoVR's "
              "src/test/webvid_covr.py); recorded in the protocol and its fingerprint")
     add("--reference", choices=reference_rule.RULES,
-        help="where the query's reference stands: remove (CoVR; default, EgoCVR's and GeneCIS's keep), keep (CLIP4Cir, SPRC on FashionIQ; "
+        help="where the query's reference stands: remove (CoVR; the default, but keep on egocvr and genecis, "
+             "whose code removes nothing), keep (CLIP4Cir, SPRC on FashionIQ; "
              "SEARLE, MagicLens on CIRCO; mteb), covr-order (WebVid-CoVR: CoVR's mask as its code places it on "
              "a CSV not sorted by pth2); CIRR takes remove only")
     add("--token-pooling", choices=token_pooling.CHOICES,
