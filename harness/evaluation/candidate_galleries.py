@@ -92,6 +92,16 @@ def setting_hits(query: torch.Tensor, gallery: torch.Tensor, setting: SettingLab
     return hits_from_counts(counts, setting, tie_rule, ks), counts
 
 
+def best_rank(counts, setting: SettingLabels, tie_rule: str) -> list[int | None]:
+    """Each query's best target's 1-based place among its candidates (None: none reachable)."""
+    ranks = ranks_with_ties(*counts, setting.labels, tie_rule)
+    if ranks.shape[1] == 0:
+        return [None] * len(ranks)
+    best = ranks.min(dim=1).values
+    unreachable = torch.iinfo(ranks.dtype).max
+    return [int(r) + 1 if r != unreachable else None for r in best.tolist()]
+
+
 def recall(hits: torch.Tensor, kept: torch.Tensor) -> float:
     """100 x the hits over the kept queries (0 when none is kept, as EgoCVR's line 302)."""
     count = int(kept.sum())

@@ -34,7 +34,6 @@ import coir_kernels
 from harness.core.errors import HarnessError
 from harness.evaluation import candidate_galleries as cg
 from harness.evaluation.embed import methods_of
-from harness.evaluation.metrics import ranks_with_ties
 from harness.evaluation.paper import PAPER_EGOCVR
 from harness.evaluation.protocols.base import PROTOCOLS, ScoringRules
 from harness.evaluation.protocols.tables import (
@@ -105,7 +104,7 @@ class EgoCVRProtocol:
         records = [{"pair_id": q.pair_id, "caption": q.caption, "reference": q.reference, "target": q.target,
                     "targets": list(q.ground_truths or (q.target,)), "methods": {}} for q in data.queries]
         for method, attr in methods_of(emb).items():
-            ranks = {name: _best_rank(counts, settings[name], rules.tie_rule)
+            ranks = {name: cg.best_rank(counts, settings[name], rules.tie_rule)
                      for name, (_, counts) in hits[method].items()}
             values = {f"{name} R@{k}": cg.query_shares(h[0][k], settings[name].kept).tolist()
                       for name, h in hits[method].items() for k in SETTINGS[name]}
@@ -139,16 +138,6 @@ class EgoCVRProtocol:
 NO_PAPER_ROWS = ("No EgoCVR paper rows yet: the paper's table could not be read from this machine "
                  "(harness/evaluation/paper.py, PAPER_EGOCVR).")
 CHANCE_NOTE = "Chance is K over the mean number of candidates per query (one target)."
-
-
-def _best_rank(counts, setting: cg.SettingLabels, tie_rule: str) -> list[int | None]:
-    """Each query's best target's 1-based place among its candidates (None: none reachable)."""
-    ranks = ranks_with_ties(*counts, setting.labels, tie_rule)
-    if ranks.shape[1] == 0:
-        return [None] * len(ranks)
-    best = ranks.min(dim=1).values
-    unreachable = torch.iinfo(ranks.dtype).max
-    return [int(r) + 1 if r != unreachable else None for r in best.tolist()]
 
 
 PROTOCOLS.register("egocvr")(EgoCVRProtocol())

@@ -34,7 +34,6 @@ from harness.evaluation import candidate_galleries as cg
 from harness.evaluation.embed import methods_of
 from harness.evaluation.paper import PAPER_GENECIS
 from harness.evaluation.protocols.base import PROTOCOLS, ScoringRules
-from harness.evaluation.protocols.egocvr import _best_rank
 from harness.evaluation.protocols.tables import (
     interval_table,
     method_rows,
@@ -64,6 +63,27 @@ def metric_names(tasks: list[str]) -> list[str]:
     return [f"{t} R@{k}" for t in tasks for k in RECALL_KS] + [f"avg R@{k}" for k in RECALL_KS]
 
 
+def task_masks(data, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{task: (Q,) its kept queries}, in TASKS order."""
+    groups = [q.group for q in data.queries]
+    return {t: kept & torch.tensor([g == t for g in groups], dtype=torch.bool) for t in tasks_of(data)}
+
+
+def task_values(hits: dict[int, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-query values ((Q,) or (W, Q) hits) of each task's R@K and their average."""
+    out = {f"{t} R@{k}": cg.query_shares(hits[k], mask) for t, mask in masks.items() for k in RECALL_KS}
+    for k in RECALL_KS:
+        out[f"avg R@{k}"] = sum(out[f"{t} R@{k}"] for t in masks) / len(masks)
+    return out
+
+
+def task_metrics(hits: dict[int, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each task's R@K over its kept queries ((Q,) hits), then their average (GeneCIS's figure)."""
+    out = {f"{t} R@{k}": cg.recall(hits[k], mask) for t, mask in masks.items() for k in RECALL_KS}
+    out.update({f"avg R@{k}": sum(out[f"{t} R@{k}"] for t in masks) / len(masks) for k in RECALL_KS})
+    return out
+
+
 class GeneCISProtocol:
     name = "genecis"
     reference_rules = ("keep", "remove")  # keep first: the suite's default
@@ -87,32 +107,19 @@ class GeneCISProtocol:
         """{method: ({K: (Q,) hits}, counts)}, the labels and each task's query mask."""
         check_embeddings(data, emb, methods_of(emb))
         setting = self._labels(data, rules)
-        groups = [q.group for q in data.queries]
-        masks = {t: setting.kept & torch.tensor([g == t for g in groups], dtype=torch.bool) for t in tasks_of(data)}
+        masks = task_masks(data, setting.kept)
         hits = {method: cg.setting_hits(getattr(emb, attr), emb.gallery, setting, rules.tie_rule, RECALL_KS,
                                         emb.gallery_offset)
                 for method, attr in methods_of(emb).items()}
         return hits, setting, masks
 
-    @staticmethod
-    def _values(hits: dict[int, torch.Tensor], masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {f"{t} R@{k}": cg.query_shares(hits[k], mask) for t, mask in masks.items() for k in RECALL_KS}
-        for k in RECALL_KS:
-            out[f"avg R@{k}"] = sum(out[f"{t} R@{k}"] for t in masks) / len(masks)
-        return out
-
     def query_values(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, torch.Tensor]]:
         hits, _, masks = self._hits(data, emb, rules)
-        return {method: self._values(h, masks) for method, (h, _) in hits.items()}
+        return {method: task_values(h, masks) for method, (h, _) in hits.items()}
 
     def evaluate(self, data, emb, rules: ScoringRules) -> dict[str, dict[str, float]]:
         hits, _, masks = self._hits(data, emb, rules)
-        out = {}
-        for method, (h, _) in hits.items():
-            m = {f"{t} R@{k}": cg.recall(h[k], mask) for t, mask in masks.items() for k in RECALL_KS}
-            m.update({f"avg R@{k}": sum(m[f"{t} R@{k}"] for t in masks) / len(masks) for k in RECALL_KS})
-            out[method] = m
-        return out
+        return {method: task_metrics(h, masks) for method, (h, _) in hits.items()}
 
     def query_records(self, data, emb, rules: ScoringRules) -> list[dict]:
         hits, setting, masks = self._hits(data, emb, rules)
@@ -121,8 +128,8 @@ class GeneCISProtocol:
                     "target": q.target, "methods": {}} for q in data.queries]
         for method, attr in methods_of(emb).items():
             h, counts = hits[method]
-            ranks = _best_rank(counts, setting, rules.tie_rule)
-            values = {name: v.tolist() for name, v in self._values(h, masks).items() if not name.startswith("avg")}
+            ranks = cg.best_rank(counts, setting, rules.tie_rule)
+            values = {name: v.tolist() for name, v in task_values(h, masks).items() if not name.startswith("avg")}
             scores, top = coir_kernels.candidate_topk(getattr(emb, attr), emb.gallery, setting.candidates, TOP,
                                                       setting.exclude, offset=emb.gallery_offset)
             for i, record in enumerate(records):

@@ -23,7 +23,9 @@ from typing import Protocol
 
 import torch
 
+import coir_kernels
 from harness.core.registry import Registry
+from harness.evaluation import candidate_galleries as cg
 from harness.evaluation import shard_scoring
 from harness.evaluation.metrics import Counts, percent, ranks_with_ties
 from harness.evaluation.protocols.base import ScoringRules
@@ -65,12 +67,30 @@ def lifted(gallery: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows, extra[:, None]], dim=1)
 
 
+def extended(parts) -> tuple[torch.Tensor, ...]:
+    """The query parts with a zero coordinate, to meet the `lifted` gallery's extra one."""
+    return tuple(torch.cat([p.float(), p.new_zeros(p.shape[0], 1, dtype=torch.float32)], dim=1) for p in parts)
+
+
 def mixed_counts(parts, gallery: torch.Tensor, weights: torch.Tensor, positives: torch.Tensor,
                  exclude: torch.Tensor) -> Counts:
     """(greater, equal, positive scores), each (W, Q, P): the rank counts of every
     positive for the mixed query of every triple, against `gallery` as it is scored."""
-    extended = tuple(torch.cat([p.float(), p.new_zeros(p.shape[0], 1, dtype=torch.float32)], dim=1) for p in parts)
-    return shard_scoring.mixed_rank_counts(extended, lifted(gallery), weights, positives, exclude)
+    return shard_scoring.mixed_rank_counts(extended(parts), lifted(gallery), weights, positives, exclude)
+
+
+def candidate_hits(part, weights: torch.Tensor, setting: cg.SettingLabels, tie_rule: str,
+                   ks) -> dict[int, torch.Tensor]:
+    """{K: (W, Q) hits} of every triple's mixed query within each query's own candidates
+    (per-query galleries: harness/evaluation/candidate_galleries.py), as the protocols
+    count them: `coir_kernels.candidate_mixed_rank_counts` on the lifted gallery, the
+    triples stacked along the query axis for the hit rule."""
+    counts = coir_kernels.candidate_mixed_rank_counts(extended(part.parts), lifted(part.gallery), weights,
+                                                      setting.candidates, setting.positives, setting.exclude)
+    stacked = cg.SettingLabels(setting.candidates, setting.positives, setting.labels.repeat(weights.shape[0], 1),
+                               setting.exclude, setting.kept)
+    hits = cg.hits_from_counts(flat(counts), stacked, tie_rule, ks)
+    return {k: hits[k].reshape(counts[0].shape[:-1]) for k in ks}
 
 
 def flat(counts: Counts) -> Counts:

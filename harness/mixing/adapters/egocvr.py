@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 
-import coir_kernels
 from harness.evaluation import candidate_galleries as cg
 from harness.evaluation.protocols.base import ScoringRules
 from harness.evaluation.protocols.egocvr import MIN_GALLERY, SETTINGS
-from harness.mixing.adapters.base import MIXERS, flat, lifted, unmerged
+from harness.mixing.adapters.base import MIXERS, candidate_hits, unmerged
 
 
 class EgoCVRMixer:
@@ -29,22 +28,13 @@ class EgoCVRMixer:
     def sweep(self, part, weights: torch.Tensor, rules: ScoringRules):
         """({metric: [W]}, {metric: (W, Q)}) as the protocol's `evaluate` and
         `query_values` give them for each triple's mixed query."""
-        extended = tuple(torch.cat([p.float(), p.new_zeros(p.shape[0], 1, dtype=torch.float32)], dim=1)
-                         for p in part.parts)
-        gallery = lifted(part.gallery)
         metrics, values = {}, {}
         for name, ks in SETTINGS.items():
             setting = cg.setting_labels(part.data, name, rules.reference, MIN_GALLERY)
-            counts = coir_kernels.candidate_mixed_rank_counts(extended, gallery, weights, setting.candidates,
-                                                              setting.positives, setting.exclude)
-            variants, shape = weights.shape[0], counts[0].shape[:-1]
-            stacked = cg.SettingLabels(setting.candidates, setting.positives, setting.labels.repeat(variants, 1),
-                                       setting.exclude, setting.kept)
-            hits = cg.hits_from_counts(flat(counts), stacked, rules.tie_rule, ks)
+            per_triple = candidate_hits(part, weights, setting, rules.tie_rule, ks)
             for k in ks:
-                per_triple = hits[k].reshape(shape)
-                values[f"{name} R@{k}"] = cg.query_shares(per_triple, setting.kept)
-                metrics[f"{name} R@{k}"] = [cg.recall(row, setting.kept) for row in per_triple]
+                values[f"{name} R@{k}"] = cg.query_shares(per_triple[k], setting.kept)
+                metrics[f"{name} R@{k}"] = [cg.recall(row, setting.kept) for row in per_triple[k]]
         return metrics, values
 
 

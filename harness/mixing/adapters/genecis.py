@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-import coir_kernels
 from harness.evaluation import candidate_galleries as cg
 from harness.evaluation.protocols.base import ScoringRules
 from harness.evaluation.protocols.genecis import (
@@ -17,9 +16,12 @@ from harness.evaluation.protocols.genecis import (
     RECALL_KS,
     SETTING,
     metric_names,
+    task_masks,
+    task_metrics,
+    task_values,
     tasks_of,
 )
-from harness.mixing.adapters.base import MIXERS, flat, lifted, unmerged
+from harness.mixing.adapters.base import MIXERS, candidate_hits, unmerged
 
 
 class GeneCISMixer:
@@ -34,28 +36,12 @@ class GeneCISMixer:
     def sweep(self, part, weights: torch.Tensor, rules: ScoringRules):
         """({metric: [W]}, {metric: (W, Q)}) as the protocol's `evaluate` and
         `query_values` give them for each triple's mixed query."""
-        extended = tuple(torch.cat([p.float(), p.new_zeros(p.shape[0], 1, dtype=torch.float32)], dim=1)
-                         for p in part.parts)
         setting = cg.setting_labels(part.data, SETTING, rules.reference, MIN_GALLERY)
-        counts = coir_kernels.candidate_mixed_rank_counts(extended, lifted(part.gallery), weights,
-                                                          setting.candidates, setting.positives, setting.exclude)
-        variants, shape = weights.shape[0], counts[0].shape[:-1]
-        stacked = cg.SettingLabels(setting.candidates, setting.positives, setting.labels.repeat(variants, 1),
-                                   setting.exclude, setting.kept)
-        hits = cg.hits_from_counts(flat(counts), stacked, rules.tie_rule, RECALL_KS)
-        groups = [q.group for q in part.data.queries]
-        masks = {t: setting.kept & torch.tensor([g == t for g in groups], dtype=torch.bool)
-                 for t in tasks_of(part.data)}
-        per_triple = {k: hits[k].reshape(shape) for k in RECALL_KS}
-        metrics, values = {}, {}  # in the protocol's order: task by task, then the averages
-        for task, mask in masks.items():
-            for k in RECALL_KS:
-                values[f"{task} R@{k}"] = cg.query_shares(per_triple[k], mask)
-                metrics[f"{task} R@{k}"] = [cg.recall(row, mask) for row in per_triple[k]]
-        for k in RECALL_KS:
-            values[f"avg R@{k}"] = sum(values[f"{t} R@{k}"] for t in masks) / len(masks)
-            metrics[f"avg R@{k}"] = [sum(metrics[f"{t} R@{k}"][w] for t in masks) / len(masks)
-                                     for w in range(variants)]
+        per_triple = candidate_hits(part, weights, setting, rules.tie_rule, RECALL_KS)
+        masks = task_masks(part.data, setting.kept)
+        per_variant = [task_metrics({k: per_triple[k][w] for k in RECALL_KS}, masks) for w in range(weights.shape[0])]
+        metrics = {name: [row[name] for row in per_variant] for name in per_variant[0]}
+        values = task_values(per_triple, masks)
         return metrics, values
 
 
