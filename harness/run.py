@@ -63,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _what_to_run(add) -> None:
-    add("--backbone", default="blip-tiny", help="model to evaluate (default blip-tiny)")
-    add("--suite", default="shapes", help="dataset (default shapes, generated offline)")
+    add("--backbone", default="blip-tiny",
+        help=f"model to evaluate: {', '.join(BACKBONES.names())} (default blip-tiny)")
+    add("--suite", default="shapes",
+        help=f"dataset: {', '.join(SUITES.names())} (default shapes, generated offline)")
     add("--split",
-        help="split to evaluate: the suite's default (val; webvid-covr: test) or the test split "
-             "(server files: cirr test1, circo test)")
+        help="split to evaluate: the suite's default (val; webvid-covr, dense-webvid-covr, egocvr: test; "
+             "genecis: all, or one of its four tasks) or the test split (server files: cirr test1, circo test)")
     add("--train-split", help="split to fine-tune on (default train)")
     add("--data-root", help="dataset folder in the suite's layout (shapes: generated if empty; "
                             "fashioniq, circo: generated into the cache when not given)")
