@@ -57,6 +57,7 @@ class LoadOptions:
     tokenizer: str | None = None  # directory or hub id, for weight-only original files
     model_config: str | None = None  # config.json overriding an original file's architecture
     seed: int = 0  # for randomly initialised weights
+    composer: str | None = None  # CLIP backbones: the composed query's rule (backbones/composers/); None: sum
 
 
 class BackboneEntry(Protocol):
