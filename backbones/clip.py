@@ -154,16 +154,18 @@ class ClipBackbone(ComposerBase):
         return list(self.composer.module.parameters())
 
     def save(self, directory: str | Path) -> None:
-        """A transformers directory (CLIP + tokenizer) with the composer beside it."""
+        """A transformers directory (CLIP + tokenizer) with the composer beside it (its
+        name and configuration, and its weights if it has any)."""
         directory = Path(directory)
         self.clip.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / "coir_preprocess.json").write_text(json.dumps(self.preprocessing.describe(), indent=2))
-        (directory / COMPOSER_CONFIG).write_text(json.dumps(
-            {"composer": self.composer.name, "config": self.composer.config()}, indent=2))
-        if self.composer.module is not None:
-            save_file({k: v.contiguous() for k, v in self.composer.module.state_dict().items()},
-                      str(directory / COMPOSER_WEIGHTS))
+        if self.stage == "composer":  # a contrastive pre-training leaves the composer as it was: untrained
+            (directory / COMPOSER_CONFIG).write_text(json.dumps(
+                {"composer": self.composer.name, "config": self.composer.config()}, indent=2))
+            if self.composer.module is not None:
+                save_file({k: v.contiguous() for k, v in self.composer.module.state_dict().items()},
+                          str(directory / COMPOSER_WEIGHTS))
         write_checksums(directory)
 
 

@@ -18,9 +18,8 @@ from backbones.blip_tiny import IMAGE_SIZE, SPECIAL_TOKENS, tiny_tokenizer
 from backbones.checkpoints import directory_sha256, resolve
 from backbones.clip import ClipBackbone, build_composer
 from backbones.clip_preprocess import ClipPreprocess
+from backbones.composers import DEFAULT_COMPOSER
 from backbones.integrity import from_pretrained_strict
-
-DEFAULT_COMPOSER = "sum"  # CLIP4Cir's baseline: every CLIP backbone's default
 
 
 def tiny_clip_config(vocab_size: int) -> CLIPConfig:

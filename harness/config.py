@@ -24,6 +24,7 @@ from harness.training.recipes import RECIPES, RERANK_LR, SCHEDULES, default_reci
 from harness.training.settings import TrainSettings
 
 _TINY = RECIPES["tiny"]
+FROM_RANDOM_WEIGHTS = ("blip-tiny", "clip-tiny")  # backbones that start untrained without --checkpoint
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class RunConfig:
     video_query_frame: str = "middle"
     video_pooling: str = "query"
     text_length: int | None = None  # dense-webvid-covr: evaluation tokens (None: the suite's, 64)
+    composer: str | None = None  # CLIP backbones: the composed query's rule (backbones/composers); None: sum
     # mixed embeddings (harness/mixing/__init__.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
     mix_step: float = 0.05  # simplex grid step of --mix sweep (0.05: 231 triples)
@@ -112,17 +114,24 @@ class RunConfig:
         unknown = set(given) - _FIELDS
         if unknown:
             raise TypeError(f"unknown RunConfig fields: {', '.join(sorted(unknown))}")
-        recipe = given.get("recipe") or default_recipe(given.get("backbone", cls.backbone))
+        backbone = given.get("backbone", cls.backbone)
+        composer = check_composer(backbone, given.get("composer"))
+        recipe = given.get("recipe") or default_recipe(backbone, composer)
         if recipe not in RECIPES:
             raise HarnessError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-        values = {**RECIPES[recipe], **given, "recipe": recipe}
+        values = {**RECIPES[recipe], **given, "recipe": recipe, "composer": composer}
         if "split" not in given:  # the suite's own (val; WebVid-CoVR's test, which has targets)
             values["split"] = SUITES.get(values.get("suite", cls.suite)).default_split
         if "reference" not in given:  # the suite's own rule where its peers' code differs (EgoCVR: keep)
             values["reference"] = getattr(SUITES.get(values.get("suite", cls.suite)), "default_reference", "remove")
         if "train" not in given:
-            # A randomly initialised backbone is meaningless untrained.
-            values["train"] = values.get("backbone", cls.backbone) == "blip-tiny" and not values.get("checkpoint")
+            # A randomly initialised backbone is meaningless untrained, as is an untrained composer.
+            values["train"] = (backbone in FROM_RANDOM_WEIGHTS or composer_trains(composer)) \
+                and not values.get("checkpoint")
+        if values["train"] and composer and not (composer_trains(composer) or (
+                backbone in FROM_RANDOM_WEIGHTS and not values.get("checkpoint"))):
+            raise HarnessError(f"--train: composer {composer!r} has no parameters and {backbone} is pretrained: "
+                               "nothing to train (the combiner and pic2word composers train)")
         if values.get("precision", "auto") not in PRECISIONS:
             raise HarnessError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if values.get("loss", "hn-nce") not in LOSSES:
@@ -147,7 +156,7 @@ class RunConfig:
                 values["rerank_train"] = bool(values["train"]) and not values.get("rerank_checkpoint")
             check_rerank_options(values)
             if values.get("rerank_lr") is None:
-                values["rerank_lr"] = RERANK_LR[recipe]
+                values["rerank_lr"] = RERANK_LR.get(recipe)  # None: the re-ranker refuses the backbone
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -203,7 +212,8 @@ class RunConfig:
         return {name: getattr(self, name) for name in taken}
 
     def load_options(self) -> LoadOptions:
-        return LoadOptions(self.checkpoint, self.checkpoint_format, self.tokenizer, self.model_config, self.seed)
+        return LoadOptions(self.checkpoint, self.checkpoint_format, self.tokenizer, self.model_config, self.seed,
+                           self.composer)
 
     def config_id(self) -> str:
         """Short, filesystem-safe name of this configuration."""
@@ -229,6 +239,7 @@ NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_emb
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
                 "video_query_frame": "middle", "video_pooling": "query", "text_length": None, "iterate": "rows", "reference": "remove",
+                "composer": None,
                 "token_pooling": "auto", "query_template": "caption", "similarity": (), "similarity_bank": "auto",
                 "similarity_bank_max_queries": 2000, "rerank": None, "rerank_k": 50, "rerank_checkpoint": None,
                 "rerank_fusion": "none", "rerank_train": None, "rerank_negatives": 7, "rerank_epochs": 2,
@@ -236,6 +247,27 @@ ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_c
 # Fields only some suites take (a suite's `options`), and which.
 SUITE_OPTIONS = {"video_query_frame": "video suites (webvid-covr)", "video_pooling": "video suites (webvid-covr)",
                  "query_template": "circo", "text_length": "dense-webvid-covr"}
+
+
+def check_composer(backbone: str, composer: str | None) -> str | None:
+    """The composer a run uses: None for backbones with their own fusion (BLIP), the
+    given one or `sum` for CLIP backbones."""
+    from backbones import BACKBONES
+    from backbones.composers import COMPOSERS, DEFAULT_COMPOSER
+
+    takes = getattr(BACKBONES.get(backbone), "composers", False)
+    if composer is None:
+        return DEFAULT_COMPOSER if takes else None
+    if not takes:
+        raise HarnessError(f"--composer applies to CLIP backbones; {backbone} composes its queries itself: leave it out")
+    COMPOSERS.get(composer)  # an unknown name is an error with close matches
+    return composer
+
+
+def composer_trains(composer: str | None) -> bool:
+    from backbones.composers import COMPOSERS
+
+    return composer is not None and COMPOSERS.get(composer).trains_on is not None
 
 
 def check_rerank_options(values: dict) -> None:

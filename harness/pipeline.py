@@ -44,6 +44,7 @@ from harness.similarity.step import similarity_step
 from harness.suites import SUITES, SplitData
 from harness.suites.captions import CLEANINGS, cleaned
 from harness.suites.cirr_layout import GALLERIES, check_images, folder_gallery
+from harness.training import clip_stages
 from harness.training.loop import fine_tune
 
 
@@ -112,7 +113,7 @@ def load_splits(config: RunConfig, suite) -> tuple[SplitData, SplitData | None]:
     data = cleaned(data, config.caption_cleaning)
     gallery_images = [i for item in data.gallery for i in data.images_of(item)]
     check_images(data, list(dict.fromkeys([*gallery_images, *(q.reference for q in data.queries)])))
-    if not config.train:
+    if not clip_stages.needs_train_split(config.train, config.backbone, config.composer):
         return data, None
     # A suite without a train split of its own (CIRCO) says what to train on instead.
     train_data = cleaned(getattr(suite, "load_training", suite.load)(config.train_split), config.caption_cleaning)
@@ -134,8 +135,16 @@ def with_text_length(backbone, suite) -> None:
     backbone.eval_max_text_len = backbone.max_text_len = length
 
 
-def train(config: RunConfig, model: Model, train_data: SplitData, data: SplitData, checkpoint_dir: Path) -> dict:
-    """Fine-tune, then evaluate the checkpoint written: the results' "training" block."""
+def train(config: RunConfig, model: Model, train_data: SplitData | None, data: SplitData, checkpoint_dir: Path,
+          backbone_entry) -> dict | None:
+    """Fine-tune, then evaluate the checkpoint written: the results' "training" block.
+    A CLIP backbone trains in its composer's stages (harness/training/clip_stages.py)."""
+    if config.composer is not None:
+        model.backbone, training = clip_stages.train_stages(
+            model.backbone, backbone_entry, config.load_options(), clip_stages.composer_data(train_data),
+            config.training(), clip_stages.pretraining_settings(config.training(), config.composer, config.seed),
+            model.device, model.precision, checkpoint_dir)
+        return training
     backbone = model.backbone
     queries = len(train_data.queries) if config.max_train_queries is None else \
         min(len(train_data.queries), config.max_train_queries)
@@ -156,13 +165,14 @@ def fine_tune_and_embed(config: RunConfig, model: Model, data: SplitData, train_
     asked, embed the split, the gallery side from the model `--gallery-model` names
     (harness/evaluation/fixed_gallery.py)."""
     backbone = model.backbone
-    rule = gallery_rule(config.gallery_model, backbone, train_data is not None, config.checkpoint,
+    rule = gallery_rule(config.gallery_model, backbone, config.train, config.checkpoint,
                         config.checkpoint_format, getattr(backbone_entry, "default_checkpoint", None))
     gallery = None
     record = describe_gallery(rule, backbone.checkpoint_id, backbone.checkpoint_sha256)
     if rule == BEFORE_TRAINING:
         gallery = model.embed(data)
-    training = train(config, model, train_data, data, checkpoint_dir) if train_data else None
+    training = train(config, model, train_data, data, checkpoint_dir, backbone_entry) if config.train else None
+    backbone = model.backbone  # a CLIP backbone's pre-training loads it anew
     embeddings = model.embed(data)
     if rule not in (LOADED, BEFORE_TRAINING):
         say(f"gallery features from {rule} (--gallery-model)")

@@ -34,5 +34,6 @@ class Composer(Protocol):
     def config(self) -> dict: ...
 
 
+DEFAULT_COMPOSER = "sum"  # CLIP4Cir's baseline: what a CLIP backbone composes with unless told
 COMPOSERS: Registry[type] = Registry("composer")
 register_composer = COMPOSERS.register

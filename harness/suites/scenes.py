@@ -245,3 +245,15 @@ def render_scene(scene: Scene, image_size: int) -> Image.Image:
 
 # ---------------------------------------------------------------- writing
 
+
+
+# ---------------------------------------------------------------- descriptions
+
+
+def describe_scene(scene: Scene, rng: random.Random) -> str:
+    """A caption of the whole scene, objects in reading order ("a large red circle at
+    the top left with a small blue square in the center"): what an image-caption pair
+    says, for the contrastive pre-training of a dual encoder."""
+    phrases = [f"a {_size_word(o.size, rng)} {o.colour} {o.shape} {_where(o.position)}"
+               for o in sorted(scene, key=lambda o: POSITIONS.index(o.position))]
+    return " with ".join(phrases)

@@ -21,7 +21,9 @@ class GraphMeter:
         key = storage.data_ptr()
         if key not in self.param_storages:
             self.storages[key] = storage.nbytes()
-        return tensor
+        # detached: a saved output packed as itself would hold its own grad_fn, a cycle
+        # that outlives a graph never run backward (a forward branch the loss ignores)
+        return tensor.detach()
 
     @contextlib.contextmanager
     def recording(self):

@@ -33,6 +33,11 @@ RECIPES: dict[str, dict] = {
         grad_clip=1.0, temperature=0.07, hnnce_alpha=1.0, hnnce_beta=0.0,
         train_vision=True, schedule="step",
     ),
+    "clip-tiny": dict(
+        epochs=10, batch_size=128, lr=5e-4, weight_decay=0.05, warmup_steps=200,
+        grad_clip=1.0, temperature=0.07, hnnce_alpha=1.0, hnnce_beta=0.0,
+        train_vision=True, schedule="step",
+    ),
     "tiny-v1": dict(
         epochs=3, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_steps=100,
         grad_clip=1.0, temperature=0.07, hnnce_alpha=1.0, hnnce_beta=0.5,
@@ -47,5 +52,13 @@ SCHEDULES = ("step", "epoch")
 RERANK_LR = {"covr": 1e-5, "tiny": 1e-3, "tiny-v1": 1e-3}
 
 
-def default_recipe(backbone: str) -> str:
-    return "tiny" if backbone == "blip-tiny" else "covr"
+# The recipe of a composer that trains (its peer's, harness/training/recipes.py entries).
+COMPOSER_RECIPES = {"combiner": "clip4cir", "pic2word": "pic2word"}
+
+
+def default_recipe(backbone: str, composer: str | None = None) -> str:
+    """blip-tiny: tiny; a trained composer: its own; clip-tiny otherwise: its
+    contrastive pre-training; every other backbone: covr."""
+    if composer in COMPOSER_RECIPES:
+        return COMPOSER_RECIPES[composer]
+    return {"blip-tiny": "tiny", "clip-tiny": "clip-tiny"}.get(backbone, "covr")
