@@ -4,6 +4,8 @@ protocol that produced them."""
 
 from __future__ import annotations
 
+from harness.evaluation.paper_zero_shot import PAPER_ZERO_SHOT as PAPER_ZERO_SHOT  # re-exported
+from harness.evaluation.paper_zero_shot import ZERO_SHOT_CIRCO, ZERO_SHOT_CIRR, ZERO_SHOT_FASHIONIQ
 from harness.evaluation.token_pooling import MAX_OVER_PAIRS, MEAN_OF_TOKENS
 
 # The protocol each paper's code used, field by field (harness/evaluation/fingerprint.py);
@@ -59,6 +61,12 @@ PAPER_CIRCO = [
                   "query_template": "caption"},
      "metrics": {"mAP@5": 21.43, "mAP@10": 22.33, "mAP@25": 24.47}},
 ]
+
+# The zero-shot CLIP rows (Pic2Word, SEARLE, SEARLE-XL) and their protocols, each traced to
+# its file: harness/evaluation/paper_zero_shot.py (PAPER_ZERO_SHOT holds them all).
+PAPER_CIRR += ZERO_SHOT_CIRR
+PAPER_FASHIONIQ += ZERO_SHOT_FASHIONIQ
+PAPER_CIRCO += ZERO_SHOT_CIRCO
 
 # WebVid-CoVR test, R@K on the target video (harness/evaluation/protocols/webvid.py).
 # A published reproduction of CoVR's BLIP-L (GuillaumeHJ/CoVR, results/tables.md, Table 4),

@@ -15,7 +15,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.core.atomic import write_text
-from harness.evaluation.paper import PAPER_CIRR
+from harness.evaluation.paper import PAPER_CIRR, PAPER_ZERO_SHOT
 from harness.reports.comparison import comparison_section
 from harness.reports.header import section_header
 from harness.reports.mixing import mix_timing_section
@@ -41,10 +41,11 @@ PREAMBLE = [
 
 def paper_section() -> list[str]:
     columns = ["R@1", "R@5", "R@10", "R@50"]
-    rows = [[p["row"], *(p["metrics"][c] for c in columns), p["source"]] for p in PAPER_CIRR]
+    papers = [p for p in PAPER_CIRR if p not in PAPER_ZERO_SHOT]  # those have a section of their own
+    rows = [[p["row"], *(p["metrics"][c] for c in columns), p["source"]] for p in papers]
     protocols = [f"- {p['row']}: " + (", ".join(f"{k} {v}" for k, v in p["protocol"].items()
                                                if k not in ("suite", "split")) or "protocol not stated")
-                 for p in PAPER_CIRR]
+                 for p in papers]
     return [
         "## Paper numbers (CIRR test1), for comparison",
         "",
