@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from backbones import BACKBONES, CHECKPOINT_FORMATS
+from backbones.composers import COMPOSERS
 from harness.config import RunConfig
 from harness.core.errors import HarnessError
 from harness.core.precision import PRECISIONS
@@ -37,6 +38,8 @@ examples:
   python -m harness.run --suite webvid-covr               # generated clips: trained on train, R@K on test
   python -m harness.run --mix sweep learn median max     # mixed embeddings, tuned on half of val
   python -m harness.run --rerank blip-itm                 # two stages: the top 50 re-ranked by BLIP's ITM head
+  python -m harness.run --backbone clip-tiny --suite circo --composer pic2word   # zero-shot CLIP, offline
+  python -m harness.run --backbone clip-large-patch14 --suite cirr --data-root /data/CIRR --composer combiner
   python -m harness.run --backbone blip-large --suite circo --data-root /data/CIRCO --split test --no-train
   python -m harness.run --backbone blip-large --suite cirr --data-root /data/CIRR \\
       --train --grad-cache-chunk 64                      # CoVR recipe, batch 1024 on one GPU
@@ -64,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _what_to_run(add) -> None:
     add("--backbone", default="blip-tiny",
-        help=f"model to evaluate: {', '.join(BACKBONES.names())} (default blip-tiny)")
+        help=f"model to evaluate: {', '.join(BACKBONES.names())} (default blip-tiny; the clip-* backbones "
+             "compose with --composer)")
+    add("--composer",
+        help=f"CLIP backbones: how the reference image and the text make the query: {', '.join(COMPOSERS.names())} "
+             "(default sum, CLIP4Cir's baseline; combiner: CLIP4Cir's Combiner trained on the suite's train split; "
+             "pic2word: Pic2Word's pseudo word, trained on images alone, zero-shot); CLIP stays frozen")
     add("--suite", default="shapes",
         help=f"dataset: {', '.join(SUITES.names())} (default shapes, generated offline)")
     add("--split",
@@ -95,8 +103,11 @@ def _what_to_run(add) -> None:
 
 def _fine_tuning(add) -> None:
     add("--train", action=argparse.BooleanOptionalAction,
-        help="fine-tune before evaluating (default: only for blip-tiny from random weights)")
-    add("--recipe", choices=list(RECIPES), help="fine-tuning recipe (default: tiny for blip-tiny, else covr)")
+        help="fine-tune before evaluating (default: blip-tiny and clip-tiny from random weights, and a "
+             "composer that trains)")
+    add("--recipe", choices=list(RECIPES), help="fine-tuning recipe (default: tiny for blip-tiny, clip-tiny's "
+                                                "pre-training for clip-tiny, the composer's own for combiner and "
+                                                "pic2word, else covr)")
     add("--epochs", type=int)
     add("--batch-size", type=int)
     add("--lr", type=float)

@@ -14,20 +14,26 @@ from harness.suites.base import SplitData
 # The fields, in the order tables show them.
 FIELDS = ("suite", "split", "reader_version", "gallery", "gallery_images", "gallery_features", "reference_removed",
           "convention", "tie_rule", "caption_cleaning", "query_template", "text_length", "image_size",
-          "interpolation", "precision", "token_pooling", "similarity", "similarity_study", "rerank")
+          "interpolation", "precision", "token_pooling", "similarity", "similarity_study", "rerank", "composer",
+          "prompt")
 # Fields added after results were published: left out of the hash at these values, so
 # earlier results keep their hashes (None: the field does not apply).
-ADDED_FIELDS = {"query_template": "caption", "token_pooling": None, "similarity_study": None, "rerank": None}
+ADDED_FIELDS = {"query_template": "caption", "token_pooling": None, "similarity_study": None, "rerank": None,
+                "composer": None, "prompt": None}
 
 
 def model_fields(backbone, similarity: str) -> dict:
     """The fingerprint's fields that the backbone decides, and the similarity the
     scoring computed (harness/evaluation/token_pooling.py `similarity_name`)."""
+    composer = backbone.describe_composer() if hasattr(backbone, "describe_composer") else {}
     return {
         "text_length": backbone.max_text_len,
         "image_size": backbone.image_size,
         "interpolation": backbone.preprocessing.describe().get("resize"),
         "similarity": similarity,
+        # CLIP backbones: the composed query's rule and the text it reads (backbones/composers)
+        "composer": composer.get("composer"),
+        "prompt": composer.get("prompt"),
     }
 
 
@@ -57,6 +63,8 @@ def fingerprint(data: SplitData, protocol_block: dict, model: dict, precision: s
         "similarity_study": protocol_block.get("similarity_study"),
         # the second stage (harness/rerank): re-ranker, K, fusion and its weights, None without one
         "rerank": protocol_block.get("rerank"),
+        "composer": model.get("composer"),
+        "prompt": model.get("prompt"),
     }
     return {**fields, "hash": fingerprint_hash(fields)}
 
