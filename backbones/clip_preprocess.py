@@ -40,8 +40,8 @@ class ClipPreprocess(ImagePreprocess):
         return np.asarray(image, dtype=np.uint8)
 
     def describe(self) -> dict:
-        return {"size": self.size, "resize": "bicubic shortest edge, centre crop",
-                "shortest_edge": self.resize_to or self.size, "mean": self.mean, "std": self.std}
+        return {"size": self.size, "resize": "bicubic", "crop": "shortest edge to "
+                f"{self.resize_to or self.size}, centre crop", "mean": self.mean, "std": self.std}
 
 
 def _edge(value) -> int:

@@ -28,6 +28,7 @@ from harness.reports.similarity import (
     similarity_timing_section,
 )
 from harness.reports.training import train_profile_section, train_step_section, training_table
+from harness.reports.zero_shot import zero_shot_section
 
 PREAMBLE = [
     "# Benchmarks",
@@ -102,6 +103,7 @@ def benchmarks_markdown(results: list[tuple[Path, dict]]) -> str:
             out += run_section(path, result, spread_markdown(seed_groups[index]))
     out += across_suites_section(similarity_over_seeds(seed_groups))
     out += training_table(results)
+    out += zero_shot_section(results)
     out += paper_section()
     return "\n".join(out)
 
