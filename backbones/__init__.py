@@ -1,6 +1,6 @@
 """Backbones: registered by name; importing this package registers them."""
 
-from backbones import blip2, blip_pretrained, blip_tiny, clip_tiny  # noqa: E402,F401  (registration)
+from backbones import blip2, blip_pretrained, blip_tiny, clip_pretrained, clip_tiny  # noqa: E402,F401  (registration)
 from backbones.base import BACKBONES, Backbone, LoadOptions, register_backbone
 from backbones.blip2_files import FILE_KINDS as _BLIP2_FILES
 from backbones.blip_pretrained import FILE_KINDS as _BLIP_FILES

@@ -61,18 +61,21 @@ def preflight_problems(options, default_checkpoint: str, backbone: str, check_fi
     return [message] if message else []
 
 
-def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str) -> str | None:
-    """Why the weights cannot be had without a download we may not make, or None."""
+def missing_weights_message(resolved: ResolvedCheckpoint, backbone: str, original_files: bool = True) -> str | None:
+    """Why the weights cannot be had without a download we may not make, or None.
+    `original_files`: whether the backbone reads original checkpoint files (BLIP's do,
+    CLIP's do not), the third way out the message offers."""
     if resolved.available:
         return None
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     why = "HF_HUB_OFFLINE is set" if offline else "it would have to be downloaded"
+    directory = ("--checkpoint DIR with a transformers checkpoint directory (config.json, model.safetensors, "
+                 "tokenizer files)")
+    ways = (f"{directory}, or --checkpoint FILE with an original checkpoint (BLIP .pth, CoVR .ckpt, "
+            "LAVIS BLIP-2 .pth; see README, Checkpoints)") if original_files else directory
     return (
         f"weights for {backbone}: hub id {resolved.source} is not in the local Hugging Face "
-        f"cache and {why}. Either run once online (it is downloaded to the cache), or pass "
-        f"--checkpoint DIR with a transformers checkpoint directory (config.json, "
-        f"model.safetensors, tokenizer files), or --checkpoint FILE with an original "
-        f"checkpoint (BLIP .pth, CoVR .ckpt, LAVIS BLIP-2 .pth; see README, Checkpoints)."
+        f"cache and {why}. Either run once online (it is downloaded to the cache), or pass {ways}."
     )
 
 

@@ -29,8 +29,11 @@ class ClipPreprocess(ImagePreprocess):
         short = self.resize_to or self.size
         width, height = image.size
         if min(width, height) != short:
-            scale = short / min(width, height)
-            size = (short, int(height * scale)) if width <= height else (int(width * scale), short)
+            # torchvision's Resize (and transformers' CLIPImageProcessor): the long edge is
+            # int(short * long / min), in this order; int(long * (short / min)) can land
+            # one pixel short (a 55 px square gives 223 for 224) and crop a black row in.
+            long = int(short * max(width, height) / min(width, height))
+            size = (short, long) if width <= height else (long, short)
             image = image.resize(size, Image.Resampling.BICUBIC)
         width, height = image.size
         left = int(round((width - self.size) / 2.0))
