@@ -34,6 +34,15 @@ COMPOSER_WEIGHTS = "coir_composer.safetensors"
 COMPOSER_CONFIG = "coir_composer.json"
 
 
+def unused_options(options, backbone: str) -> list[str]:
+    """The options for original checkpoint files, which CLIP backbones do not read: an
+    error rather than a silent no-op."""
+    given = {"--tokenizer": options.tokenizer, "--model-config": options.model_config,
+             "--checkpoint-format": options.checkpoint_format}
+    return [f"{name} applies to original BLIP / BLIP-2 files; {backbone} reads transformers directories and hub ids "
+            "(their tokenizer and config inside): leave it out" for name, value in given.items() if value]
+
+
 class ClipWithComposer(torch.nn.Module):
     def __init__(self, clip: CLIPModel, composer_module: torch.nn.Module | None):
         super().__init__()
@@ -160,6 +169,13 @@ class ClipBackbone(ComposerBase):
         self.clip.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         (directory / "coir_preprocess.json").write_text(json.dumps(self.preprocessing.describe(), indent=2))
+        # transformers' CLIPImageProcessor form, which loading reads back (backbones/clip_preprocess.py)
+        (directory / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": self.image_size,
+                                                                         "width": self.image_size},
+            "size": {"shortest_edge": self.preprocessing.resize_to or self.image_size}, "do_center_crop": True,
+            "resample": 3, "image_mean": list(self.preprocessing.mean), "image_std": list(self.preprocessing.std),
+        }, indent=2))
         if self.stage == "composer":  # a contrastive pre-training leaves the composer as it was: untrained
             (directory / COMPOSER_CONFIG).write_text(json.dumps(
                 {"composer": self.composer.name, "config": self.composer.config()}, indent=2))

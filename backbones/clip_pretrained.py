@@ -32,7 +32,7 @@ from backbones.checkpoints import (
     missing_weights_message,
     resolve,
 )
-from backbones.clip import ClipBackbone, build_composer
+from backbones.clip import ClipBackbone, build_composer, unused_options
 from backbones.clip_preprocess import ClipPreprocess, from_processor_config
 from backbones.clip_tiny import DEFAULT_COMPOSER  # sum, every CLIP backbone's
 from backbones.integrity import from_pretrained_strict
@@ -71,11 +71,12 @@ class PretrainedClip:
     def check(cls, options: LoadOptions) -> list[str]:
         """A file is refused; a hub id must be in the cache or downloadable (found
         without loading anything: a run without its weights fails in seconds)."""
+        problems = unused_options(options, cls.name)
         resolved = resolve(options.checkpoint, cls.default_checkpoint, cls.name)
         if resolved.kind == "file":
-            return [original_file_message(cls.name, resolved.source, cls.default_checkpoint)]
+            return [*problems, original_file_message(cls.name, resolved.source, cls.default_checkpoint)]
         message = missing_weights_message(resolved, cls.name, original_files=False)
-        return [message] if message else []
+        return [*problems, message] if message else problems
 
     @classmethod
     def load(cls, options: LoadOptions, device: torch.device) -> ClipBackbone:

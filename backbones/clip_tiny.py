@@ -16,7 +16,7 @@ from transformers import BertTokenizer, CLIPConfig, CLIPModel
 from backbones.base import LoadOptions, register_backbone
 from backbones.blip_tiny import IMAGE_SIZE, SPECIAL_TOKENS, tiny_tokenizer
 from backbones.checkpoints import directory_sha256, resolve
-from backbones.clip import ClipBackbone, build_composer
+from backbones.clip import ClipBackbone, build_composer, unused_options
 from backbones.clip_preprocess import ClipPreprocess
 from backbones.composers import DEFAULT_COMPOSER
 from backbones.integrity import from_pretrained_strict
@@ -48,6 +48,9 @@ class ClipTiny:
 
     @classmethod
     def check(cls, options: LoadOptions) -> list[str]:
+        problems = unused_options(options, "clip-tiny")
+        if problems:
+            return problems
         if options.checkpoint is not None and resolve(options.checkpoint, None, "clip-tiny").kind != "directory":
             return [f"clip-tiny loads transformers directories written by a clip-tiny run, not {options.checkpoint}"]
         return []

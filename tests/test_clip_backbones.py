@@ -354,3 +354,13 @@ def test_real_size_clip_large_patch14_embeds_a_cirr_split(tmp_path):
     for values in (emb.gallery, emb.composed, emb.image, emb.text):
         assert torch.isfinite(values).all()
         torch.testing.assert_close(values.norm(dim=-1), torch.ones(len(values)))
+
+
+def test_a_saved_run_keeps_its_preprocessing_and_refuses_options_for_original_files(tmp_path):
+    backbone = build_random(0, "sum")
+    backbone.preprocessing = ClipPreprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), resize_to=72)
+    backbone.save(tmp_path / "run")
+    assert from_processor_config(tmp_path / "run", 224) == backbone.preprocessing
+    for name in ("clip-tiny", "clip-large-patch14"):
+        problems = BACKBONES.get(name).check(LoadOptions(checkpoint=str(tmp_path / "run"), tokenizer="bert-base-uncased"))
+        assert any("--tokenizer applies to original BLIP" in p for p in problems)
