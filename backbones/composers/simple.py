@@ -1,17 +1,23 @@
 """The composers without parameters: the two single-modality baselines and
 CLIP4Cir's `sum` baseline.
 
-`sum` is CLIP4Cir's element_wise_sum (ABaldrati/CLIP4Cir src/utils.py,
-`F.normalize(image_features + text_features, dim=-1)`) over the normalised image and
-text features, as the issue states it: normalize(normalize(q) + normalize(t)).
+`sum` is CLIP4Cir's element_wise_sum (ABaldrati/CLIP4Cir at dfed9f7, src/utils.py:47-54):
+normalize(q + t) over the *unnormalised* CLIP features, as its validation feeds it
+(src/validate.py:224 encodes the caption, :228-231 takes the reference's features from
+the gallery's, which src/utils.py:41 extracts as `encode_image` gives them, and :232
+combines them; the gallery is normalised only afterwards, :155) and as its CLIP
+fine-tuning does (src/clip_fine_tune.py:339-345). The features' norms weight the sides.
+At dbd1e01 this composer summed the normalised features, normalize(normalize(q) +
+normalize(t)) as issue 25 worded it, which is not CLIP4Cir's rule; its config() now
+names the inputs, so its queries hash (and cache) apart from that version's.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from backbones.composers.base import register_composer
+from harness.core.errors import HarnessError
 
 
 class Fixed:
@@ -21,8 +27,10 @@ class Fixed:
     trains_on = None
     module = None
 
-    def __init__(self, embed_dim: int):
+    def __init__(self, embed_dim: int, **recorded):
         self.embed_dim = embed_dim
+        if recorded and recorded != self.config():
+            raise HarnessError(f"composer {self.name!r} was saved as {recorded}; this version is {self.config()}")
 
     def config(self) -> dict:
         return {}
@@ -48,5 +56,9 @@ class TextOnly(Fixed):
 class Sum(Fixed):
     name = "sum"
 
+    def config(self) -> dict:
+        return {"inputs": "unnormalised"}  # CLIP4Cir's element_wise_sum (see the module's docstring)
+
     def compose(self, clip, image_features: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        return F.normalize(image_features.float(), dim=-1) + F.normalize(clip.text_features(texts).float(), dim=-1)
+        """q + t; the backbone normalises the query."""
+        return image_features.float() + clip.text_features(texts).float()

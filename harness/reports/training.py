@@ -22,7 +22,8 @@ def training_line(training: dict) -> str | None:
     return (
         f"engine {training['engine']}, {training['world_size']} rank(s), "
         + (f"gradient caching in chunks of {chunk}, " if chunk else "one graph per batch, ")
-        + f"loss {training['loss']}, schedule per {training['schedule']}"
+        + f"loss {training['loss']}, "
+        + ("constant learning rate" if training["schedule"] == "constant" else f"schedule per {training['schedule']}")
         + (", targets cached" if training.get("targets_cached") else "")
         + f"; peak memory {training['peak_memory_bytes'] / MIB:.0f} MiB"
         f" (process peak RSS on CPU, allocated on CUDA), autograd graph {training['peak_graph_bytes'] / MIB:.1f} MiB"

@@ -1,6 +1,6 @@
 """Fine-tuning a backbone on a split's (reference, caption, target) triplets with
 HN-NCE and in-batch negatives: AdamW, a cosine schedule (per step after a linear
-warm-up, or per epoch as CoVR), gradient clipping, seeded batch order.
+warm-up, per epoch as CoVR) or none (CLIP4Cir), gradient clipping, seeded order.
 
 - Engine: plain torch (`torch_engine.py`, the default) or DeepSpeed ZeRO
   (`deepspeed_engine.py`, with --deepspeed CONFIG; the covr recipe's default).
@@ -38,7 +38,7 @@ from harness.suites.image_store import ImageStore
 from harness.training import iterate, state
 from harness.training.grad_cache import cached_step, chunk_bounds, full_batch_step
 from harness.training.graph_memory import GraphMeter
-from harness.training.losses import contrastive_loss
+from harness.training.losses import chance_loss, contrastive_loss
 from harness.training.pairs import PairEmbedder, cache_targets, frozen_sides
 from harness.training.settings import TrainSettings
 
@@ -83,6 +83,8 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int):
 
 def lr_factor(settings: TrainSettings, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """Multiplier of settings.lr for optimizer step `step` (0-based)."""
+    if settings.schedule == "constant":  # CLIP4Cir's Combiner training: no scheduler
+        return 1.0
     if settings.schedule == "epoch":  # CoVR: cosine over epochs, constant within one
         return 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / settings.epochs))
     return cosine_with_warmup(settings.warmup_steps, total_steps)(step)
@@ -336,9 +338,8 @@ class Trainer:
         return result
 
     def chance_loss(self, batch_size: int) -> tuple[float, str]:
-        """The loss of scoring every candidate alike, and how it is written: the symmetric
-        in-batch loss's 2 ln(batch)."""
-        return 2 * math.log(batch_size), "2 ln(batch)"
+        """The loss of scoring every candidate alike, and how it is written (ln or 2 ln(batch))."""
+        return chance_loss(self.settings.loss, batch_size)
 
     def _check_stalled(self, result: TrainResult) -> None:
         chance, formula = self.chance_loss(result.batch_size)

@@ -20,6 +20,13 @@ ones reweighted. Its target -> query direction (column sums, broadcast along the
 last axis: column j divided by column j's sum) is correct. With beta = 0 both
 losses are InfoNCE. It also works in linear space (exp of logits up to 1/tau =
 14.3, fine in fp32) where `hn_nce` works in log space.
+
+`clip4cir` is the loss CLIP4Cir trains its Combiner with (ABaldrati/CLIP4Cir at
+dfed9f7, src/combiner.py:44-48 and src/combiner_train.py:347-350): cross-entropy of
+each query's row of logits q_i . t_j / tau against its own target, the query -> target
+direction only, averaged over the batch; CLIP4Cir's tau is 1/100 (a fixed logit scale).
+Scoring every target alike gives ln(batch) for it, 2 ln(batch) for the symmetric losses
+(`chance_loss`).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-LOSSES = ("hn-nce", "covr-compat")
+LOSSES = ("hn-nce", "covr-compat", "clip4cir")
 
 
 def hn_nce(
@@ -89,6 +97,22 @@ def hn_nce_covr_compat(
     return (denominator_q2t - nominator).mean() + (denominator_t2q - nominator).mean()
 
 
+def clip4cir_loss(query: torch.Tensor, target: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
+    """CLIP4Cir's Combiner loss: one direction, query rows against the batch's targets."""
+    size = query.shape[0]
+    if size < 2:
+        raise ValueError("a contrastive batch needs at least 2 pairs")
+    logits = (query.float() @ target.float().T) / temperature
+    return F.cross_entropy(logits, torch.arange(size, device=logits.device))
+
+
+def chance_loss(name: str, batch_size: int) -> tuple[float, str]:
+    """The loss `name` gives when every candidate scores alike, and how it is written."""
+    if name == "clip4cir":
+        return math.log(batch_size), "ln(batch)"
+    return 2 * math.log(batch_size), "2 ln(batch)"
+
+
 def contrastive_loss(
     name: str, temperature: float, alpha: float, beta: float
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -97,4 +121,6 @@ def contrastive_loss(
         return lambda q, t: hn_nce(q, t, temperature, alpha, beta)
     if name == "covr-compat":
         return lambda q, t: hn_nce_covr_compat(q, t, temperature, alpha, beta)
+    if name == "clip4cir":
+        return lambda q, t: clip4cir_loss(q, t, temperature)
     raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")

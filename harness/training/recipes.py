@@ -18,6 +18,21 @@ batch 128 and a short warm-up, a seed sat on a plateau for three epochs, loss ne
 2 ln(batch)). The figures: results/recipe_sweep/summary.json. `tiny-v1` is the
 recipe before that sweep (HN-NCE, lr 1e-3, 100 warm-up steps, 3 epochs), kept so
 that its figures can be put beside the new ones.
+
+`clip4cir` trains CLIP4Cir's Combiner (the `combiner` composer), CLIP frozen, as
+ABaldrati/CLIP4Cir at dfed9f7 does in src/combiner_train.py. Every value is CLIP4Cir's:
+Adam (:300; here AdamW with weight decay 0, the same update), lr 2e-5 (`--combiner-lr`,
+:433), 300 epochs (:430), no scheduler (it builds none) and no gradient clipping, the
+`clip4cir` loss (one direction, :347-350) at its fixed logit scale 100, i.e. temperature
+0.01 (src/combiner.py:31), only the Combiner's parameters in the optimizer. Batch 4096
+is its README's training command (README.md:245; the argparse default is 1024, :434).
+It trains under fp16 autocast with a grad scaler (:347, :353-355): ours is --precision.
+Ours, from the loop: each epoch's last partial batch is dropped (as its DataLoader's
+drop_last=True, :296-297) and the batch is capped at the number of training queries, so
+on a small split a step is the whole split. Nothing is scaled for clip-tiny: on the
+default shapes data (20,000 training triplets) an epoch is 4 steps of 4096, about 3 s
+each on one CPU thread (about an hour for 300 epochs); a shorter tiny recipe should come
+from a sweep like `tiny`'s, not a guess.
 """
 
 from __future__ import annotations
@@ -43,13 +58,18 @@ RECIPES: dict[str, dict] = {
         grad_clip=1.0, temperature=0.07, hnnce_alpha=1.0, hnnce_beta=0.5,
         train_vision=True, schedule="step",
     ),
+    "clip4cir": dict(
+        epochs=300, batch_size=4096, lr=2e-5, weight_decay=0.0, warmup_steps=0,
+        grad_clip=0.0, temperature=0.01, hnnce_alpha=1.0, hnnce_beta=0.0,
+        train_vision=False, schedule="constant", loss="clip4cir",
+    ),
 }
-SCHEDULES = ("step", "epoch")
+SCHEDULES = ("step", "epoch", "constant")
 # The re-ranker's learning rate (--rerank-lr) under each recipe: BLIP's COCO retrieval
 # fine-tuning rate for the pretrained models (salesforce/BLIP configs/retrieval_coco.yaml
 # line 16, init_lr 1e-5); for blip-tiny the best of 1e-4, 5e-4 and 1e-3 on seed 0 of the
 # default task (one run each, an ad-hoc check: the reference runs report its seeds).
-RERANK_LR = {"covr": 1e-5, "tiny": 1e-3, "tiny-v1": 1e-3}
+RERANK_LR = {"covr": 1e-5, "tiny": 1e-3, "tiny-v1": 1e-3, "clip4cir": 1e-5}
 
 
 # The recipe of a composer that trains (its peer's, harness/training/recipes.py entries).

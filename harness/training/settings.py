@@ -19,7 +19,7 @@ class TrainSettings:
     train_vision: bool
     max_train_queries: int | None
     loss: str  # harness/training/losses.py
-    schedule: str  # "step": warm-up then cosine per step; "epoch": cosine per epoch (CoVR)
+    schedule: str  # "step": warm-up then cosine per step; "epoch": cosine per epoch (CoVR); "constant"
     deepspeed: str | None  # ZeRO config JSON, or None for the plain torch engine
     grad_cache_chunk: int | None  # per-rank chunk for gradient caching; None: one graph per batch
     checkpoint_every: int  # also write the training state every N steps (0: epoch ends only)
