@@ -81,8 +81,8 @@ class ClipBackbone(ComposerBase):
     def checkpoint_sha256(self) -> str:
         """The weights' hash with the composer's name and configuration: the same CLIP
         under another composer makes other queries (results and cache keys)."""
-        if self.composer.module is not None:
-            return self.weights_sha256  # trained composers are saved with the weights
+        if getattr(self.composer, "trained", False):
+            return self.weights_sha256  # a trained composer is saved with the weights (their directory's hash)
         composer = json.dumps({"composer": self.composer.name, **self.composer.config()}, sort_keys=True)
         return hashlib.sha256(f"{self.weights_sha256}|{composer}".encode()).hexdigest()
 

@@ -273,6 +273,8 @@ def run(config: RunConfig, argv: list[str] | None = None) -> dict | None:
     model = Model(backbone_entry.load(config.load_options(), device), device, precision, config.eval_batch_size,
                   cache_dir() / "embeddings" if config.cache else None)
     with_text_length(model.backbone, suite)
+    if not config.train:
+        clip_stages.check_trained(model.backbone)
     # mixing scores as the protocol scores: the run's resolved token pooling
     mixing = dataclasses.replace(config.mixing(), token_pooling=rules.token_pooling) if config.mix else None
     if mixing:  # refuse what mixing does not cover, before any work

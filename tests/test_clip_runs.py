@@ -102,3 +102,14 @@ def test_sum_is_the_normalised_sum_of_the_normalised_features():
         query = backbone.encode_query(pixels, texts)
         expected = torch.nn.functional.normalize(backbone.encode_image(pixels) + backbone.encode_text(texts), dim=-1)
     torch.testing.assert_close(query, expected)
+
+
+def test_an_untrained_combiner_is_refused_and_hashes_apart(shapes_root, tmp_path):
+    from backbones.clip_tiny import build_random
+
+    directory = tmp_path / "clip"
+    build_random(0, "sum").save(directory)
+    with pytest.raises(HarnessError, match="combiner composer has parameters and none are trained"):
+        clip_run(shapes_root, tmp_path / "out", checkpoint=str(directory), composer="combiner", train=False)
+    hashes = {build_random(0, name).checkpoint_sha256 for name in ("combiner", "sum", "image")}
+    assert len(hashes) == 3

@@ -114,12 +114,15 @@ def test_compose_is_clip4cir_formula():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_sum_is_clip4cir_element_wise_sum():
-    """element_wise_sum (src/utils.py:47-54) over the features as they come from CLIP."""
+def test_clip4cir_sum_is_element_wise_sum_and_sum_weighs_the_sides_alike():
+    """element_wise_sum (src/utils.py:47-54) over the features as they come from CLIP;
+    `sum` over the normalised features."""
     image, text = torch.tensor([[3.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [2.0, 0.0]])
-    composed = F.normalize(COMPOSERS.get("sum")(2).compose(FixedText(text), image, ["a", "b"]), dim=-1)
+    composed = F.normalize(COMPOSERS.get("clip4cir-sum")(2).compose(FixedText(text), image, ["a", "b"]), dim=-1)
     torch.testing.assert_close(composed, (image + text) / (image + text).norm(dim=-1, keepdim=True))
-    assert not torch.allclose(composed, F.normalize(F.normalize(image, dim=-1) + F.normalize(text, dim=-1), dim=-1))
+    alike = F.normalize(COMPOSERS.get("sum")(2).compose(FixedText(text), image, ["a", "b"]), dim=-1)
+    torch.testing.assert_close(alike, F.normalize(F.normalize(image, dim=-1) + F.normalize(text, dim=-1), dim=-1))
+    assert not torch.allclose(composed, alike)
 
 
 def test_clip4cir_loss_is_one_way_cross_entropy():

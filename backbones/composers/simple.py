@@ -1,20 +1,21 @@
-"""The composers without parameters: the two single-modality baselines and
-CLIP4Cir's `sum` baseline.
+"""The composers without parameters: the two single-modality baselines and the
+sums of image and text features.
 
-`sum` is CLIP4Cir's element_wise_sum (ABaldrati/CLIP4Cir at dfed9f7, src/utils.py:47-54):
-normalize(q + t) over the *unnormalised* CLIP features, as its validation feeds it
-(src/validate.py:224 encodes the caption, :228-231 takes the reference's features from
-the gallery's, which src/utils.py:41 extracts as `encode_image` gives them, and :232
-combines them; the gallery is normalised only afterwards, :155) and as its CLIP
-fine-tuning does (src/clip_fine_tune.py:339-345). The features' norms weight the sides.
-At dbd1e01 this composer summed the normalised features, normalize(normalize(q) +
-normalize(t)) as issue 25 worded it, which is not CLIP4Cir's rule; its config() now
-names the inputs, so its queries hash (and cache) apart from that version's.
+- `sum`: normalize(normalize(q) + normalize(t)), the two sides weighted alike, as
+  issue 25 states CLIP4Cir's baseline.
+- `clip4cir-sum`: CLIP4Cir's element_wise_sum as its code runs it (ABaldrati/CLIP4Cir
+  at dfed9f7, src/utils.py:47-54): normalize(q + t) over the *unnormalised* CLIP
+  features (src/validate.py:224 encodes the caption, :228-231 takes the reference's
+  features from the gallery's, which src/utils.py:41 extracts as `encode_image` gives
+  them, and :232 combines them; the gallery is normalised only afterwards, :155; its CLIP
+  fine-tuning does the same, src/clip_fine_tune.py:339-345). The features' norms weight
+  the sides.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from backbones.composers.base import register_composer
 from harness.core.errors import HarnessError
@@ -56,9 +57,16 @@ class TextOnly(Fixed):
 class Sum(Fixed):
     name = "sum"
 
-    def config(self) -> dict:
-        return {"inputs": "unnormalised"}  # CLIP4Cir's element_wise_sum (see the module's docstring)
+    def compose(self, clip, image_features: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """normalize(q) + normalize(t); the backbone normalises the query."""
+        text = clip.text_features(texts).float()
+        return F.normalize(image_features.float(), dim=-1) + F.normalize(text, dim=-1)
+
+
+@register_composer("clip4cir-sum")
+class Clip4CirSum(Fixed):
+    name = "clip4cir-sum"
 
     def compose(self, clip, image_features: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """q + t; the backbone normalises the query."""
+        """q + t over the unnormalised features; the backbone normalises the query."""
         return image_features.float() + clip.text_features(texts).float()

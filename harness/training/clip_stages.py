@@ -26,6 +26,7 @@ import torch
 from backbones.checkpoints import directory_sha256
 from backbones.composers import COMPOSERS
 from harness.core.atomic import write_text
+from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
 from harness.core.progress import say
 from harness.suites.base import SplitData
@@ -85,6 +86,7 @@ def train_stages(backbone, entry, options, composer_data, settings: TrainSetting
         record = fine_tune(backbone, data, settings, device, precision, checkpoint_dir).to_dict()
         record["trained_on"] = f"{data.suite}/{data.split}"
         stages["composer"] = record
+        composer.trained = True
         backbone.checkpoint_id = str(checkpoint_dir)
         backbone.checkpoint_sha256 = directory_sha256(checkpoint_dir)
     if not stages:
@@ -125,3 +127,11 @@ def pretraining_settings(run_settings: TrainSettings, composer: str | None, seed
     recipe = {k: v for k, v in RECIPES["clip-tiny"].items() if k != "deepspeed"}
     return TrainSettings(**recipe, max_train_queries=None, loss="hn-nce", deepspeed=None, grad_cache_chunk=None,
                          checkpoint_every=0, resume=False, seed=seed)
+
+
+def check_trained(backbone) -> None:
+    """A composer with parameters evaluates only trained: refused before any embedding."""
+    composer = getattr(backbone, "composer", None)
+    if composer is not None and composer.module is not None and not getattr(composer, "trained", False):
+        raise HarnessError(f"the {composer.name} composer has parameters and none are trained: add --train, or "
+                           f"give --checkpoint a directory a {composer.name} run saved")
