@@ -58,6 +58,8 @@ RERANK = ["--rerank", "blip-itm", "--rerank-fusion", "tuned"]
 BF16 = ["--precision", "bf16"]
 BATCH_16 = [*FROM_DEFAULT, "--batch-size", "16"]
 BATCH_256 = [*FROM_DEFAULT, "--batch-size", "256", "--grad-cache-chunk", "64"]
+# the zero-shot and CLIP4Cir baselines on the tiny CLIP (issue 25)
+CLIP_COMPOSERS = ("sum", "pic2word", "combiner")
 
 
 def with_seeds(arguments: list[str], seeds: list[int]) -> list[str]:
@@ -96,6 +98,9 @@ JOBS: list[tuple[str, list[str]]] = [
        with_seeds(["--suite", suite, *SIMILARITY], THREE)) for suite in ("fashioniq", "circo", "webvid-covr")],
     ("two stages: blip-itm trained on hard negatives re-ranks the default run's top 50, seeds 0-2",
      with_seeds(RERANK, THREE)),
+    *[(f"clip-tiny (pre-trained on generated image-caption pairs) composing with {composer} on generated {suite}, "
+       "seeds 0-2", with_seeds(["--backbone", "clip-tiny", "--suite", suite, "--composer", composer], THREE))
+      for suite in ("shapes", "fashioniq", "circo") for composer in CLIP_COMPOSERS],
 ]
 REPORT = ["harness.report", OUT, "--out", "BENCHMARKS.md"]
 
