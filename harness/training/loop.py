@@ -38,7 +38,7 @@ from harness.suites.image_store import ImageStore
 from harness.training import iterate, state
 from harness.training.grad_cache import cached_step, chunk_bounds, full_batch_step
 from harness.training.graph_memory import GraphMeter
-from harness.training.losses import contrastive_loss
+from harness.training.losses import chance_level, contrastive_loss
 from harness.training.pairs import PairEmbedder, cache_targets, frozen_sides
 from harness.training.settings import TrainSettings
 
@@ -336,9 +336,9 @@ class Trainer:
         return result
 
     def chance_loss(self, batch_size: int) -> tuple[float, str]:
-        """The loss of scoring every candidate alike, and how it is written: the symmetric
-        in-batch loss's 2 ln(batch)."""
-        return 2 * math.log(batch_size), "2 ln(batch)"
+        """The loss of scoring every candidate alike, and how it is written (the
+        symmetric in-batch loss's 2 ln(batch); pic2word's mean of the two, ln(batch))."""
+        return chance_level(self.settings.loss, batch_size)
 
     def _check_stalled(self, result: TrainResult) -> None:
         chance, formula = self.chance_loss(result.batch_size)

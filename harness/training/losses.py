@@ -20,6 +20,13 @@ ones reweighted. Its target -> query direction (column sums, broadcast along the
 last axis: column j divided by column j's sum) is correct. With beta = 0 both
 losses are InfoNCE. It also works in linear space (exp of logits up to 1/tau =
 14.3, fine in fp32) where `hn_nce` works in log space.
+
+`pic2word` is Pic2Word's loss (google-research/composed_image_retrieval at 8c05329,
+src/trainer.py:146-155): the cross-entropy of each image against the batch's texts
+and of each text against the images, at CLIP's own logit scale, and the *mean* of
+the two, so half of InfoNCE (which sums them) at the same temperature. Its scale is
+the frozen CLIP's exp(logit_scale) (src/trainer.py:109): 100 for OpenAI's CLIP,
+temperature 0.01.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-LOSSES = ("hn-nce", "covr-compat")
+LOSSES = ("hn-nce", "covr-compat", "pic2word")
 
 
 def hn_nce(
@@ -89,6 +97,23 @@ def hn_nce_covr_compat(
     return (denominator_q2t - nominator).mean() + (denominator_t2q - nominator).mean()
 
 
+def pic2word_loss(query: torch.Tensor, target: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
+    size = query.shape[0]
+    if size < 2:
+        raise ValueError("a contrastive batch needs at least 2 pairs")
+    logits = (query.float() @ target.float().T) / temperature
+    labels = torch.arange(size, device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def chance_level(name: str, batch_size: int) -> tuple[float, str]:
+    """The loss of scoring every candidate alike, and how it is written: each
+    direction's ln(batch), summed (hn-nce, covr-compat) or averaged (pic2word)."""
+    if name == "pic2word":
+        return math.log(batch_size), "ln(batch)"
+    return 2 * math.log(batch_size), "2 ln(batch)"
+
+
 def contrastive_loss(
     name: str, temperature: float, alpha: float, beta: float
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -97,4 +122,6 @@ def contrastive_loss(
         return lambda q, t: hn_nce(q, t, temperature, alpha, beta)
     if name == "covr-compat":
         return lambda q, t: hn_nce_covr_compat(q, t, temperature, alpha, beta)
+    if name == "pic2word":  # alpha and beta do not apply
+        return lambda q, t: pic2word_loss(q, t, temperature)
     raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
