@@ -60,6 +60,10 @@ class ClipBackbone(ComposerBase):
         self.name = name
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
+        width = getattr(composer, "width", None)  # a pseudo-word composer's token width
+        if width is not None and width != clip.config.text_config.hidden_size:
+            raise HarnessError(f"composer {composer.name!r} writes {width}-wide pseudo words; this CLIP's text "
+                               f"encoder reads {clip.config.text_config.hidden_size}-wide token embeddings")
         self.composer = composer
         self.model = ClipWithComposer(clip, composer.module)
         self.checkpoint_id = checkpoint_id
@@ -79,11 +83,12 @@ class ClipBackbone(ComposerBase):
 
     @property
     def checkpoint_sha256(self) -> str:
-        """The weights' hash with the composer's name and configuration: the same CLIP
-        under another composer makes other queries (results and cache keys)."""
-        if getattr(self.composer, "trained", False):
-            return self.weights_sha256  # a trained composer is saved with the weights (their directory's hash)
+        """The weights' hash with the composer's name and configuration, and a trainable
+        composer's own weights: the same CLIP under another composer, or under another
+        (say freshly initialised) mapping, makes other queries (results and cache keys)."""
         composer = json.dumps({"composer": self.composer.name, **self.composer.config()}, sort_keys=True)
+        if self.composer.module is not None:
+            composer += "|" + module_sha256(self.composer.module)
         return hashlib.sha256(f"{self.weights_sha256}|{composer}".encode()).hexdigest()
 
     @checkpoint_sha256.setter
@@ -185,20 +190,30 @@ class ClipBackbone(ComposerBase):
         write_checksums(directory)
 
 
-def build_composer(name: str, embed_dim: int, directory: str | None = None):
+def build_composer(name: str, embed_dim: int, directory: str | None = None, text_width: int | None = None):
     """The composer `name`; from `directory` (a saved CLIP run) its configuration and
-    trained weights when that run saved the same composer."""
+    trained weights when that run saved the same composer. `text_width`, the text
+    encoder's hidden size, reaches the composers that write pseudo words into its
+    token embeddings (`needs_text_width`; its saved `config()` holds it too)."""
     cls = COMPOSERS.get(name)
+    given = {"width": text_width} if text_width is not None and getattr(cls, "needs_text_width", False) else {}
     saved = Path(directory) / COMPOSER_CONFIG if directory else None
     if saved is None or not saved.is_file():
-        return cls(embed_dim)
+        return cls(embed_dim, **given)
     record = json.loads(saved.read_text())
     if record["composer"] != name:
-        return cls(embed_dim)  # CLIP's weights serve any composer; a trained one starts afresh
-    composer = cls(embed_dim, **record["config"])
+        return cls(embed_dim, **given)  # CLIP's weights serve any composer; a trained one starts afresh
+    composer = cls(embed_dim, **{**record["config"], **given})
     weights = Path(directory) / COMPOSER_WEIGHTS
     if composer.module is not None and weights.is_file():
         composer.module.load_state_dict(load_file(str(weights)))
         composer.trained = True
     return composer
 
+
+def module_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

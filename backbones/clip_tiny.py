@@ -38,7 +38,8 @@ def build_random(seed: int, composer: str) -> ClipBackbone:
     torch.manual_seed(seed)
     clip = CLIPModel(tiny_clip_config(len(tokenizer)))
     return ClipBackbone("clip-tiny", clip, tokenizer, ClipPreprocess(IMAGE_SIZE),
-                        build_composer(composer, clip.config.projection_dim), "random-init",
+                        build_composer(composer, clip.config.projection_dim,
+                                       text_width=clip.config.text_config.hidden_size), "random-init",
                         f"random-init-seed{seed}")
 
 
@@ -64,7 +65,8 @@ class ClipTiny:
             source = resolve(options.checkpoint, None, "clip-tiny").source
             clip = from_pretrained_strict(CLIPModel, source)
             backbone = ClipBackbone("clip-tiny", clip, BertTokenizer.from_pretrained(source), ClipPreprocess(IMAGE_SIZE),
-                                    build_composer(composer, clip.config.projection_dim, source), source,
+                                    build_composer(composer, clip.config.projection_dim, source,
+                                                   clip.config.text_config.hidden_size), source,
                                     directory_sha256(source))
         backbone.model.to(device).eval()
         return backbone

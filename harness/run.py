@@ -124,9 +124,11 @@ def _fine_tuning(add) -> None:
         help="what an epoch goes over: rows (every annotation row; default) or targets (one seeded row per "
              "target, as CoVR's WebVid-CoVR config, iterate: pth2)")
     add("--loss", choices=list(LOSSES),
-        help="hn-nce (as defined) or covr-compat (CoVR's released loss, quirk included; default hn-nce)")
+        help="hn-nce (as defined), covr-compat (CoVR's released loss, quirk included), clip4cir (CLIP4Cir's "
+             "Combiner loss, one way) or pic2word (Pic2Word's, the two ways averaged); default: the recipe's")
     add("--schedule", choices=list(SCHEDULES),
-        help="cosine per step after warm-up, or per epoch as CoVR (default: from the recipe)")
+        help="step (cosine per step after warm-up), epoch (cosine per epoch, CoVR) or constant (CLIP4Cir's "
+             "Combiner); default: from the recipe")
     add("--deepspeed", metavar="CONFIG",
         help="train through DeepSpeed with this ZeRO config (configs/deepspeed/zero{1,2}.json; "
              "default: zero2 for the covr recipe, none for tiny; 'none' forces the plain engine)")

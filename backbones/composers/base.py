@@ -12,7 +12,10 @@ what CLIP gives: the reference image's projected features and the text encoder.
                     backbone's weights and loaded back with them
 
 Each is registered once with @register_composer(name) on a class built as
-`cls(embed_dim)`, or `cls(embed_dim, **config)` from a saved `config()`.
+`cls(embed_dim)`, or `cls(embed_dim, **config)` from a saved `config()`. A class
+that writes pseudo words into the text encoder's token embeddings sets
+`needs_text_width = True` and is built with `width=` the text encoder's hidden size
+as well (backbones/clip.py build_composer), which may differ from `embed_dim`.
 """
 
 from __future__ import annotations

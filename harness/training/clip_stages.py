@@ -31,7 +31,7 @@ from harness.core.paths import cache_dir
 from harness.core.progress import say
 from harness.suites.base import SplitData
 from harness.suites.image_captions import ImageCaptionSpec, load_pairs
-from harness.training.image_pairs import image_only
+from harness.training.image_pairs import image_pairs
 from harness.training.loop import fine_tune
 from harness.training.recipes import RECIPES
 from harness.training.settings import TrainSettings
@@ -114,7 +114,7 @@ def composer_data(train_data: SplitData | None):
     def data(trains_on: str) -> SplitData:
         if trains_on == "triplets":
             return train_data
-        return image_only(load_pairs() if train_data is None else train_data)
+        return image_pairs(load_pairs() if train_data is None else train_data)
 
     return data
 

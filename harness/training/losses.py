@@ -27,6 +27,13 @@ each query's row of logits q_i . t_j / tau against its own target, the query -> 
 direction only, averaged over the batch; CLIP4Cir's tau is 1/100 (a fixed logit scale).
 Scoring every target alike gives ln(batch) for it, 2 ln(batch) for the symmetric losses
 (`chance_loss`).
+
+`pic2word` is Pic2Word's loss (google-research/composed_image_retrieval at 8c05329,
+src/trainer.py:146-155): the cross-entropy of each image against the batch's texts
+and of each text against the images, at CLIP's own logit scale, and the *mean* of
+the two, so half of InfoNCE (which sums them) at the same temperature. Its scale is
+the frozen CLIP's exp(logit_scale) (src/trainer.py:109): 100 for OpenAI's CLIP,
+temperature 0.01.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("hn-nce", "covr-compat", "clip4cir")
+LOSSES = ("hn-nce", "covr-compat", "clip4cir", "pic2word")
 
 
 def hn_nce(
@@ -99,16 +106,27 @@ def hn_nce_covr_compat(
 
 def clip4cir_loss(query: torch.Tensor, target: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
     """CLIP4Cir's Combiner loss: one direction, query rows against the batch's targets."""
-    size = query.shape[0]
-    if size < 2:
+    return F.cross_entropy(_logits(query, target, temperature), torch.arange(query.shape[0], device=query.device))
+
+
+def pic2word_loss(query: torch.Tensor, target: torch.Tensor, temperature: float = 0.01) -> torch.Tensor:
+    """Pic2Word's loss: the mean of the two directions' cross-entropies."""
+    logits = _logits(query, target, temperature)
+    labels = torch.arange(query.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _logits(query: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    if query.shape[0] < 2:
         raise ValueError("a contrastive batch needs at least 2 pairs")
-    logits = (query.float() @ target.float().T) / temperature
-    return F.cross_entropy(logits, torch.arange(size, device=logits.device))
+    return (query.float() @ target.float().T) / temperature
 
 
 def chance_loss(name: str, batch_size: int) -> tuple[float, str]:
-    """The loss `name` gives when every candidate scores alike, and how it is written."""
-    if name == "clip4cir":
+    """The loss `name` gives when every candidate scores alike, and how it is written: each
+    direction's ln(batch), summed (hn-nce, covr-compat), one way (clip4cir) or averaged
+    (pic2word)."""
+    if name in ("clip4cir", "pic2word"):
         return math.log(batch_size), "ln(batch)"
     return 2 * math.log(batch_size), "2 ln(batch)"
 
@@ -123,4 +141,6 @@ def contrastive_loss(
         return lambda q, t: hn_nce_covr_compat(q, t, temperature, alpha, beta)
     if name == "clip4cir":
         return lambda q, t: clip4cir_loss(q, t, temperature)
+    if name == "pic2word":  # alpha and beta do not apply
+        return lambda q, t: pic2word_loss(q, t, temperature)
     raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
