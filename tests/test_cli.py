@@ -18,6 +18,27 @@ def test_help_lists_backbones_and_suites():
         assert name in text
 
 
+def test_help_lists_the_clip_backbones_and_every_composer():
+    from backbones.composers import COMPOSERS
+
+    text = " ".join(build_parser().format_help().split())
+    for name in ("clip-tiny", "clip-base-patch32", "clip-large-patch14", "clip-bigg", *COMPOSERS.names()):
+        assert name in text, name
+    assert "--composer" in text
+
+
+def test_a_clip_checkpoint_missing_offline_is_named_before_any_work(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--backbone", "clip-large-patch14", "--suite", "cirr",
+         "--composer", "combiner", "--out", str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "openai/clip-vit-large-patch14" in proc.stderr and "--data-root" in proc.stderr
+    assert not (tmp_path / "out").exists()  # a failed command writes nothing
+
+
 def test_typo_gets_a_suggestion(capsys):
     assert main(["--backbone", "blip-larg", "--suite", "shapes"]) == 2
     err = capsys.readouterr().err
