@@ -47,3 +47,14 @@ def test_the_section_lists_runs_over_seeds_and_the_published_rows():
     assert table_rows[0][:3] == ["shapes", "sum", "R@1"] and table_rows[0][-1] == "yes"
     assert "SEARLE-XL, CLIP ViT-L/14, zero-shot" in text
     assert zero_shot_section([(Path("b.json"), {"kind": "run", "config": {}})])[0].startswith("## Published")
+
+
+def test_a_paper_row_is_compared_with_our_run_of_its_composer_else_sum():
+    from harness.reports.zero_shot import closest_run
+
+    ours = {("shapes", "sum"): {"composer": "sum"}, ("shapes", "pic2word"): {"composer": "pic2word"},
+            ("fashioniq", "sum"): {"composer": "sum"}}
+    assert closest_run(ours, {"suite": "cirr", "composer": "pic2word"})["composer"] == "pic2word"
+    assert closest_run(ours, {"suite": "cirr", "composer": "searle"})["composer"] == "sum"
+    assert closest_run(ours, {"suite": "fashioniq-both-orders", "composer": "pic2word"}) == {"composer": "sum"}
+    assert closest_run(ours, {"suite": "circo", "composer": "sum"}) is None
