@@ -113,3 +113,14 @@ def test_an_untrained_combiner_is_refused_and_hashes_apart(shapes_root, tmp_path
         clip_run(shapes_root, tmp_path / "out", checkpoint=str(directory), composer="combiner", train=False)
     hashes = {build_random(0, name).checkpoint_sha256 for name in ("combiner", "sum", "image")}
     assert len(hashes) == 3
+
+
+def test_the_mixed_embedding_sweeps_over_a_clip_composer(shapes_root, tmp_path):
+    """m = w0 q + w1 t + w2 f with f the composer's query, on the simplex grid."""
+    block = clip_run(shapes_root, tmp_path, composer="sum", mix=("sweep",), mix_step=0.5)["mixing"]
+    assert block["sweep"]["weights"] == [[0.0, 0.0, 1.0], [0.0, 0.5, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5],
+                                         [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]
+    rows = {row["method"]: row for row in block["rows"]}
+    assert rows["f alone"]["metrics"]["R@1"] == block["sweep"]["evaluation"]["R@1"][0]
+    assert rows["q alone"]["metrics"]["R@1"] == block["sweep"]["evaluation"]["R@1"][-1]
+    assert rows["f alone"]["metrics"] != rows["q alone"]["metrics"]
