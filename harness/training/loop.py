@@ -338,7 +338,7 @@ class Trainer:
         return result
 
     def chance_loss(self, batch_size: int) -> tuple[float, str]:
-        """The loss of scoring every candidate alike, and how it is written (ln(batch) for the one-way and averaged losses, 2 ln(batch) for the summed ones)."""
+        """The loss of scoring every candidate alike, and how it is written (losses.py)."""
         return chance_loss(self.settings.loss, batch_size)
 
     def _check_stalled(self, result: TrainResult) -> None:
