@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from harness.core import provenance
 from harness.core.atomic import write_json, write_text
 from harness.core.errors import HarnessError
 from harness.evaluation.embed import COMPOSED
-from harness.evaluation.intervals import DESCRIPTION, paired
+from harness.evaluation.intervals import DESCRIPTION, over_seeds, paired
 from harness.evaluation.per_query import paired_values
 from harness.reports.comparison import comparison_markdown
 
@@ -58,12 +57,7 @@ def compare(path_a: Path, path_b: Path, method: str = COMPOSED) -> dict:
     metrics = list(per_seed[0]["paired"])
     difference = {}
     for metric in metrics:
-        values = [s["paired"][metric]["difference"] for s in per_seed]
-        mean, sd = statistics.mean(values), statistics.stdev(values)
-        side = 1 if mean >= 0 else -1
-        agreeing = sum(1 for s in per_seed if side * s["paired"][metric]["interval"][0 if side > 0 else 1] > 0)
-        difference[metric] = {"mean": mean, "sd": sd, "values": values, "seeds_beyond_query_noise": agreeing,
-                              "holds": agreeing == len(seeds) and abs(mean) > 2 * sd}
+        difference[metric] = over_seeds([s["paired"][metric] for s in per_seed])
     return {
         "kind": "comparison",
         "date": provenance.now(),

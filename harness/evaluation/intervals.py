@@ -15,6 +15,8 @@ same values give the same intervals on any machine.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 RESAMPLES = 1000
@@ -74,3 +76,17 @@ def method_intervals(values: dict[str, dict[str, torch.Tensor]], reference: str)
         "paired": {f"{reference} minus {method}": paired(values[reference], v)
                    for method, v in values.items() if method != reference},
     }
+
+
+def over_seeds(per_seed: list[dict]) -> dict:
+    """One paired difference over training seeds, from each seed's `paired` entry
+    ({"difference", "interval"}): its mean and sample sd over seeds, the seeds whose
+    interval excludes 0 on the mean's side, and whether it holds beyond noise (every
+    seed agrees and the mean exceeds twice the sd)."""
+    values = [entry["difference"] for entry in per_seed]
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    side = 1 if mean >= 0 else -1
+    agreeing = sum(1 for entry in per_seed if side * entry["interval"][0 if side > 0 else 1] > 0)
+    return {"mean": mean, "sd": sd, "values": values, "seeds_beyond_query_noise": agreeing,
+            "holds": agreeing == len(per_seed) and abs(mean) > 2 * sd}

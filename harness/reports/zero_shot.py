@@ -9,13 +9,13 @@ mean difference over seeds exceeds twice its spread."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from tabulate import tabulate
 
 from harness.evaluation.embed import COMPOSED
 from harness.evaluation.fingerprint import differences
+from harness.evaluation.intervals import over_seeds
 from harness.evaluation.paper import PAPER_ZERO_SHOT
 from harness.reports.header import section_header
 
@@ -26,13 +26,9 @@ BASELINES = ("image-only q", "text-only t")
 
 def beyond_noise(runs: list[dict], baseline: str, metric: str) -> tuple[float, float, int, bool]:
     """(mean difference, its sd over seeds, seeds whose paired interval excludes 0 on
-    the mean's side, whether the difference holds)."""
-    pairs = [run["intervals"]["paired"][f"{COMPOSED} minus {baseline}"][metric] for run in runs]
-    values = [p["difference"] for p in pairs]
-    mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-    side = 1 if mean >= 0 else -1
-    agreeing = sum(1 for p in pairs if side * p["interval"][0 if side > 0 else 1] > 0)
-    return mean, sd, agreeing, agreeing == len(runs) and abs(mean) > 2 * sd
+    the mean's side, whether the difference holds), as harness/compare.py decides."""
+    verdict = over_seeds([run["intervals"]["paired"][f"{COMPOSED} minus {baseline}"][metric] for run in runs])
+    return verdict["mean"], verdict["sd"], verdict["seeds_beyond_query_noise"], verdict["holds"]
 
 
 def is_clip_over_seeds(result: dict) -> bool:
