@@ -5,9 +5,9 @@ cost as much as the forward pass.
 
     python -m benches.train_profile --out OUT        # writes OUT/train_profile_cpu.json
 
-Part 1 runs harness/training/loop.py's Trainer (the default recipe, its first
---steps steps of batch 64; one warm-up epoch of --warmup steps first) and reports
-samples/s. Part 2 times AdamW.step over blip-tiny's trainable parameters with
+Part 1 runs harness/training/loop.py's Trainer (the default recipe in the default
+run's training precision, its first --steps steps of batch 64; one warm-up epoch of
+--warmup steps first) and reports samples/s. Part 2 times AdamW.step over blip-tiny's trainable parameters with
 random gradients for each implementation (per-tensor loop, foreach, fused), median
 of --repeats. Also records the 1-minute load average: another process on the two
 cores slows every small operation.
@@ -28,6 +28,7 @@ import torch
 from harness.config import RunConfig
 from harness.core import provenance
 from harness.core.atomic import write_json
+from harness.core.precision import training_precision
 from harness.pipeline import load_splits, preflight, seed_everything
 from harness.training.loop import fine_tune
 
@@ -40,11 +41,14 @@ def loop_samples_per_second(steps: int, warmup: int) -> dict:
     _, train = load_splits(config, suite)
     seed_everything(0)
     backbone = backbone_entry.load(config.load_options(), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    precision = training_precision(config.precision, config.train_precision, cpu)  # the default run's
     out = {}
     for name, count in (("warm-up", warmup), ("timed", steps)):
         settings = RunConfig.resolve({"max_train_queries": config.batch_size * count, "epochs": 1}).training()
-        out[name] = fine_tune(backbone, train, settings, torch.device("cpu"), "fp32", None).samples_per_second
-    return {"steps": steps, "batch_size": config.batch_size, "samples_per_second": out["timed"]}
+        out[name] = fine_tune(backbone, train, settings, cpu, precision, None).samples_per_second
+    return {"steps": steps, "batch_size": config.batch_size, "precision": precision,
+            "samples_per_second": out["timed"]}
 
 
 def optimizer_step_ms(repeats: int) -> list[dict]:

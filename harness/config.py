@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from backbones.base import LoadOptions
 from harness.core.errors import HarnessError
-from harness.core.precision import PRECISIONS
+from harness.core.precision import PRECISIONS, TRAIN_PRECISIONS
 from harness.evaluation.protocols.base import ScoringRules
 from harness.mixing.modes import MixSettings, parse_modes
 from harness.rerank import RERANKERS, RerankSettings
@@ -83,6 +83,7 @@ class RunConfig:
     video_query_frame: str = "middle"
     video_pooling: str = "query"
     text_length: int | None = None  # dense-webvid-covr: evaluation tokens (None: the suite's, 64)
+    train_precision: str = "fp32"  # the recipe's fine-tuning precision under --precision auto (harness/core/precision.py)
     composer: str | None = None  # CLIP backbones: the composed query's rule (backbones/composers); None: sum
     # mixed embeddings (harness/mixing/__init__.py); at these defaults left out of the hash
     mix: tuple[str, ...] = ()  # modes: sweep, learn, median, max, "w0,w1,w2"; () = no mixing
@@ -134,6 +135,8 @@ class RunConfig:
                                "nothing to train (the combiner and pic2word composers train)")
         if values.get("precision", "auto") not in PRECISIONS:
             raise HarnessError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if values.get("train_precision", "fp32") not in TRAIN_PRECISIONS:
+            raise HarnessError(f"train_precision must be one of {', '.join(TRAIN_PRECISIONS)}")
         if values.get("loss", "hn-nce") not in LOSSES:
             raise HarnessError(f"--loss must be one of {', '.join(LOSSES)}")
         if values.get("schedule", "step") not in SCHEDULES:
@@ -239,7 +242,7 @@ NOT_HASHED = ("out", "threads", "cache", "checkpoint_every", "resume", "save_emb
 ADDED_FIELDS = {"loss": "hn-nce", "schedule": "step", "deepspeed": None, "grad_cache_chunk": None,
                 "mix": (), "mix_step": 0.05, "tune_split": "heldout-half", "tune_max_queries": 5000,
                 "video_query_frame": "middle", "video_pooling": "query", "text_length": None, "iterate": "rows", "reference": "remove",
-                "composer": None,
+                "composer": None, "train_precision": "fp32",
                 "token_pooling": "auto", "query_template": "caption", "similarity": (), "similarity_bank": "auto",
                 "similarity_bank_max_queries": 2000, "rerank": None, "rerank_k": 50, "rerank_checkpoint": None,
                 "rerank_fusion": "none", "rerank_train": None, "rerank_negatives": 7, "rerank_epochs": 2,

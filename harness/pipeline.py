@@ -20,7 +20,7 @@ from harness.config import RunConfig
 from harness.core import distributed, provenance
 from harness.core.errors import HarnessError
 from harness.core.paths import cache_dir
-from harness.core.precision import resolve_device, resolve_precision
+from harness.core.precision import resolve_device, resolve_precision, training_precision
 from harness.core.progress import say
 from harness.evaluation import shard_scoring, token_pooling
 from harness.evaluation.embed import SplitEmbeddings, embed_split
@@ -148,10 +148,10 @@ def train(config: RunConfig, model: Model, train_data: SplitData | None, data: S
     backbone = model.backbone
     queries = len(train_data.queries) if config.max_train_queries is None else \
         min(len(train_data.queries), config.max_train_queries)
+    precision = training_precision(config.precision, config.train_precision, model.device)
     say(f"fine-tuning {config.backbone} on {train_data.suite}/{train_data.split} "
-        f"({queries} queries, {config.epochs} epochs, batch {config.batch_size})")
-    training = fine_tune(backbone, train_data, config.training(), model.device, model.precision,
-                         checkpoint_dir).to_dict()
+        f"({queries} queries, {config.epochs} epochs, batch {config.batch_size}, {precision})")
+    training = fine_tune(backbone, train_data, config.training(), model.device, precision, checkpoint_dir).to_dict()
     if train_data.suite != data.suite:
         training["trained_on"] = f"{train_data.suite}/{train_data.split}"
     backbone.checkpoint_id = str(checkpoint_dir)

@@ -92,8 +92,10 @@ def _what_to_run(add) -> None:
     add("--out", default="results", help="folder for results JSON, tables, server files, checkpoints")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     add("--precision", choices=PRECISIONS,
-        help="auto (fp32, as CoVR and CoVR-2 train and evaluate; the default), fp16 / bf16 (autocast, for "
-             "speed), lavis (BLIP-2's vision tower in fp16 as LAVIS evaluates it); fp16 and lavis need CUDA")
+        help="auto (the default: evaluation in fp32, as CoVR and CoVR-2 train and evaluate; training in the "
+             "recipe's precision: fp32, but the tiny recipe trains under bf16 autocast where the CPU has "
+             "avx512_bf16 or AMX), fp32, fp16 / bf16 (autocast, for speed), lavis (BLIP-2's vision tower in "
+             "fp16 as LAVIS evaluates it); a name applies to training and evaluation; fp16 and lavis need CUDA")
     add("--seed", type=int, default=0)
     add("--seeds", type=int, nargs="+", metavar="SEED",
         help="run the whole pipeline once per seed and write one results file over them "

@@ -42,3 +42,17 @@ def test_it_counts_saved_activations_not_parameters_and_leaves_gradients_alone()
     assert all(torch.equal(a, p.grad) for a, p in zip(metered, model.parameters()))
     # saved: the input x (5x4), the first linear's output through tanh (5x8); no weights
     assert 0 < meter.peak <= (5 * 4 + 5 * 8 + 5 * 8) * 4
+
+
+def test_only_the_first_step_is_measured():
+    """Every step of a run builds the same graph: later steps run without the hooks."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh())
+    meter = GraphMeter(model)
+    with meter.recording():
+        model(torch.randn(5, 4)).sum().backward()
+    meter.graph_done()
+    first = meter.peak
+    with meter.recording():
+        model(torch.randn(50, 4)).sum().backward()  # ten times the activations, unseen
+    meter.graph_done()
+    assert first > 0 and meter.peak == first

@@ -9,6 +9,12 @@ Precisions (`--precision`):
   keeps fp16 / bf16 working weights with fp32 master weights.
 - "lavis": BLIP-2 as LAVIS' own evaluation runs it: the vision tower under fp16
   autocast (LAVIS' default vit_precision), the rest in fp32 (CUDA only).
+
+Training under "auto" takes its recipe's precision (harness/training/recipes.py):
+"fp32", or NATIVE_BF16, bf16 autocast with fp32 master weights where the device
+computes bf16 in hardware (CPUs with avx512_bf16 or AMX, CUDA GPUs that support it)
+and fp32 elsewhere, where autocast would emulate bf16 at a loss. Evaluation under
+"auto" stays fp32. A precision given by name applies to both.
 """
 
 from __future__ import annotations
@@ -18,9 +24,14 @@ import contextlib
 import torch
 
 from harness.core.errors import HarnessError
+from harness.core.provenance import cpu_identity
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "lavis")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NATIVE_BF16 = "bf16-native"
+TRAIN_PRECISIONS = ("fp32", NATIVE_BF16)  # a recipe's
+# CPU flags (/proc/cpuinfo) of bf16 arithmetic in hardware: oneDNN's bf16 GEMMs use them
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,6 +51,26 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name in ("fp16", "lavis") and device.type != "cuda":
         raise HarnessError(f"--precision {name} needs a CUDA device; on CPU use bf16 or fp32")
     return name
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return any(flag in cpu_identity()["cpu_isa"] for flag in BF16_CPU_FLAGS)
+
+
+def training_precision(name: str, recipe_precision: str, device: torch.device) -> str:
+    """Fine-tuning's precision: `name` (--precision) when given, else under "auto" the
+    recipe's, NATIVE_BF16 resolved on this device."""
+    if name != "auto":
+        return resolve_precision(name, device)
+    if recipe_precision not in TRAIN_PRECISIONS:
+        raise HarnessError(f"a recipe's train_precision must be one of {', '.join(TRAIN_PRECISIONS)}, "
+                           f"not {recipe_precision!r}")
+    if recipe_precision == NATIVE_BF16:
+        return "bf16" if native_bf16(device) else "fp32"
+    return recipe_precision
 
 
 def autocast(precision: str, device: torch.device, part: str = "all"):

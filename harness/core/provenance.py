@@ -42,7 +42,7 @@ def package_versions() -> dict:
 
 
 # Instruction sets that change which kernels MKL, oneDNN and torch pick (and so the bits).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 
 def cpu_identity() -> dict:

@@ -51,7 +51,8 @@ def run_summary(result: dict) -> str:
     if training:
         lines.append(
             f"fine-tuned {training['epochs']} epochs x {training['steps'] // max(1, training['epochs'])} "
-            f"steps, batch {training['batch_size']}, {training['train_queries']} queries"
+            f"steps, batch {training['batch_size']}{', ' + training['precision'] if training.get('precision') else ''}, "
+            f"{training['train_queries']} queries"
             f"{' of ' + training['trained_on'] if training.get('trained_on') else ''}, "
             f"{training['seconds']:.0f} s ({training['samples_per_second']:.0f} samples/s), "
             f"loss per epoch {', '.join(f'{x:.3f}' for x in training['loss_curve'])}"

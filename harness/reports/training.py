@@ -31,6 +31,11 @@ def training_line(training: dict) -> str | None:
     )
 
 
+def training_precision(training: dict, config: dict) -> str:
+    """What the steps ran in; results older than the field trained in --precision (auto: fp32)."""
+    return training.get("precision") or ("fp32" if config.get("precision", "auto") == "auto" else config["precision"])
+
+
 def training_table(results: list[tuple[Path, dict]]) -> list[str]:
     """One row per fine-tuned run that records its engine (newer results)."""
     rows = []
@@ -44,7 +49,8 @@ def training_table(results: list[tuple[Path, dict]]) -> list[str]:
         rows.append([
             path.name, start, training["train_queries"], training["batch_size"], training.get("grad_cache_chunk") or "-",
             f"{config['lr']:g}", config["warmup_steps"], training["epochs"], training["steps"],
-            f"{training['loss_curve'][-1]:.3f}", training["samples_per_second"],
+            f"{training['loss_curve'][-1]:.3f}", training_precision(training, config), training["seconds"],
+            result.get("timings", {}).get("total_seconds"), training["samples_per_second"],
             training["peak_memory_bytes"] / MIB, training["peak_graph_bytes"] / MIB,
             composed.get("R@1"), composed.get("R@5"), composed.get("R@10"),
             describe_machine(result["hardware"]),
@@ -57,12 +63,13 @@ def training_table(results: list[tuple[Path, dict]]) -> list[str]:
         "Every fine-tuned run of this folder that records its engine; recall is the first metrics row "
         "(composed f(q,t)). Peak RSS is the whole process (data included) on CPU; the graph column is "
         "the largest set of activations autograd saved for one backward pass, which is what the batch "
-        "size or the gradient-cache chunk bounds. samples/s depends on what else the machine was "
-        "running (see each run's section). \"starts from\" is the checkpoint fine-tuned (a run "
+        "size or the gradient-cache chunk bounds. \"train s\" is the fine-tuning, \"run s\" the whole "
+        "run in its process (data, training, evaluation, files). Times and samples/s depend on what else "
+        "the machine was running (see each run's section). \"starts from\" is the checkpoint fine-tuned (a run "
         "of this folder), or random initialisation.",
         "",
         tabulate(rows, headers=["result", "starts from", "train queries", "batch", "chunk", "lr", "warm-up", "epochs", "steps",
-                                "last loss", "samples/s", "peak RSS MiB", "graph MiB", "R@1", "R@5",
+                                "last loss", "precision", "train s", "run s", "samples/s", "peak RSS MiB", "graph MiB", "R@1", "R@5",
                                 "R@10", "machine"],
                  tablefmt="github", floatfmt=".2f", disable_numparse=[5]),  # lr as written
         "",
@@ -93,7 +100,8 @@ def train_profile_section(path: Path, result: dict) -> list[str]:
         *section_header(f"Fine-tuning step profile, blip-tiny, {result['hardware']['device']}", result, path,
                         machine_note=f"; load average (1 min) {load['before']:.1f} before, {load['after']:.1f} after",
                         lines=[f"- the default loop: {loop['samples_per_second']:.0f} samples/s over {loop['steps']} "
-                               f"steps of batch {loop['batch_size']} (fused AdamW, harness/training/torch_engine.py)"]),
+                               f"steps of batch {loop['batch_size']}, {loop.get('precision', 'fp32')} "
+                               "(fused AdamW, harness/training/torch_engine.py)"]),
         tabulate(rows, headers=["AdamW step", "median ms", "min ms", "tensors", "parameters"], tablefmt="github",
                  floatfmt=".2f"),
         "",

@@ -15,6 +15,7 @@ class GraphMeter:
         self.param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
         self.storages: dict[int, int] = {}
         self.peak = 0
+        self.measured = False
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
@@ -27,8 +28,15 @@ class GraphMeter:
 
     @contextlib.contextmanager
     def recording(self):
+        """Measures the first step recorded and lets later ones run without hooks:
+        every step of a run builds the same graph (one batch size, the last partial
+        batch dropped), and a Python hook per saved tensor costs a few % of a small step."""
+        if self.measured:
+            yield
+            return
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
             yield
+        self.measured = True
 
     def graph_done(self) -> None:
         """Call after a backward: that graph's saved tensors are freed."""

@@ -66,6 +66,7 @@ class TrainResult:
     iterate: str = "rows"  # what an epoch visits (harness/training/iterate.py)
     resumed_from_step: int | None = None
     rank_parameter_sha256: list[str] = field(default_factory=list)  # trained weights, per rank: all equal
+    precision: str = "fp32"  # what the steps ran in (harness/core/precision.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,7 +183,8 @@ class Trainer:
 
     def __init__(self, backbone, data: SplitData, settings: TrainSettings, device, precision: str,
                  checkpoint_dir: Path | None):
-        self.backbone, self.settings, self.device, self.checkpoint_dir = backbone, settings, device, checkpoint_dir
+        self.backbone, self.settings, self.device, self.precision = backbone, settings, device, precision
+        self.checkpoint_dir = checkpoint_dir
         self.plan = plan = BatchPlan.of(data, settings)
         store = ImageStore(data, backbone.preprocess, backbone.image_size,
                            [i for q in plan.queries for i in (q.reference, *data.images_of(q.target))])
@@ -217,8 +219,7 @@ class Trainer:
 
     def open_state(self) -> None:
         """Where the resumable training state lives, and the progress it holds under --resume."""
-        checkpoint_dir = self.checkpoint_dir
-        self.state_path = state.state_dir(checkpoint_dir) if checkpoint_dir is not None else None
+        self.state_path = state.state_dir(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         self.progress, self.resumed_from = self._resume()
 
     def _resume(self) -> tuple[state.Progress, int | None]:
@@ -328,10 +329,9 @@ class Trainer:
             loss_curve=self.progress.loss_curve, step_losses=self.progress.step_losses, world_size=plan.world,
             grad_cache_chunk=settings.grad_cache_chunk if len(plan.bounds) > 1 else None,
             engine=f"deepspeed {settings.deepspeed}" if settings.deepspeed else "torch",
-            loss=settings.loss, schedule=settings.schedule, targets_cached=self.targets_cached,
-            iterate=settings.iterate,
+            loss=settings.loss, schedule=settings.schedule, targets_cached=self.targets_cached, iterate=settings.iterate,
             resumed_from_step=self.resumed_from, peak_graph_bytes=max(self.meter.peak, self.progress.peak_graph_bytes),
-            rank_parameter_sha256=gather_to_rank0(parameter_sha256(self.trainable)) or [],
+            rank_parameter_sha256=gather_to_rank0(parameter_sha256(self.trainable)) or [], precision=self.precision,
         )
         self._check_stalled(result)
         self._save(result)

@@ -84,6 +84,8 @@ class PairEmbedder:
         def run(start: int, end: int):
             rows = batch[start:end]
             pooled = self.backbone.pooled_for_loss  # BLIP-2: token means (CoVR-2)
+            if not (self.tokens_frozen or self.frames or self.target_rows is not None):
+                return self.one_vision_pass(rows, pooled)
             tokens = self._tokens(self._pixels([q.reference for q in rows]), kept_tokens, (start, end))
             with forward_context(self.precision, self.device, self.param_dtype):
                 query = pooled(self.backbone.query_embedding_from_tokens(tokens, [q.caption for q in rows]).float())
@@ -99,6 +101,17 @@ class PairEmbedder:
             return query, pooled(embeddings)
 
         return run
+
+    def one_vision_pass(self, rows, pooled):
+        """Images with a trained vision tower: references and targets in one pass,
+        twice the rows per GEMM and half the passes (a small model's step is dominated
+        by per-operation costs)."""
+        both = self.vision(self._pixels([q.reference for q in rows] + [q.target for q in rows]))
+        tokens, target_tokens = both[: len(rows)], both[len(rows):]
+        with forward_context(self.precision, self.device, self.param_dtype):
+            query = self.backbone.query_embedding_from_tokens(tokens, [q.caption for q in rows]).float()
+            target = self.backbone.image_embedding_from_tokens(target_tokens).float()
+        return pooled(query), pooled(target)
 
     def _pixels(self, image_ids):
         return self.backbone.normalize(self.store.batch(image_ids).to(self.device)).to(self.param_dtype)
