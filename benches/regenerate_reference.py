@@ -76,6 +76,9 @@ def with_seeds(arguments: list[str], seeds: list[int]) -> list[str]:
 JOBS: list[tuple[str, list[str]]] = [
     ("the default run (blip-tiny trained on shapes), seeds 0-4", with_seeds([], FIVE)),
     ("the default run as it was (fp32, 6 epochs), seeds 0-4, right after it", with_seeds(FP32, FIVE)),
+    ("the default run against it as it was, paired over the same queries",
+     ["harness.compare", seeds_file([], FIVE), seeds_file(FP32, FIVE),
+      "--out", f"{OUT}/comparison_default_vs_fp32_6_epochs.json"]),
     ("the recipe before (tiny-v1), seeds 0-4", with_seeds(["--recipe", "tiny-v1"], FIVE)),
     ("training-step profile", ["benches.train_profile", "--out", OUT]),
     ("scoring against peers, CPU plan", ["benches.scoring_suite", "--plan", "cpu", "--out", f"{OUT}/scoring_cpu.json"]),

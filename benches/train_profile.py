@@ -7,9 +7,9 @@ cost as much as the forward pass.
 
 Part 1 runs harness/training/loop.py's Trainer (the default recipe in the default
 run's training precision, its first --steps steps of batch 64; one warm-up epoch of
---warmup steps first) and reports samples/s. Part 2 times AdamW.step over blip-tiny's trainable parameters with
-random gradients for each implementation (per-tensor loop, foreach, fused), median
-of --repeats. Also records the 1-minute load average: another process on the two
+--warmup steps first) and reports samples/s. Part 2 times AdamW.step over blip-tiny's
+trainable parameters with random gradients for each implementation (per-tensor loop,
+foreach, fused), median of --repeats. Also records the 1-minute load average: another process on the two
 cores slows every small operation.
 """
 
