@@ -146,15 +146,16 @@ def tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: 
     at_least = torch.zeros_like(above)
     buffer = gemm.TileBuffer()
     columns = GALLERY_TILE or plan.gallery_columns
+    one_thread = plan.library == "numpy"  # the GEMMs on OpenBLAS's threads (counting.on_one_thread)
     for block in range(0, g_all.shape[0], columns):
         tile = copies.apply(gemm.scores(q, g_all[block : block + columns], buffer, plan.library), block,
                             group_scores)
         tile = offsets.add(tile, offset, block)
         for p, live in enumerate(lives):
             if len(live) == len(rows):
-                g_, ge = counting.count_above(tile, own[:, p])
+                g_, ge = counting.count_above(tile, own[:, p], one_thread)
             else:  # soft-target columns are mostly padding: count only real positives
-                g_, ge = counting.count_above(tile[live], own[live, p])
+                g_, ge = counting.count_above(tile[live], own[live, p], one_thread)
             above[live, p] += g_
             at_least[live, p] += ge
         # the positive itself and the excluded item take no part: take out what

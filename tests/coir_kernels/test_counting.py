@@ -52,3 +52,24 @@ def test_small_counting_runs_eagerly_until_its_budget_is_spent(monkeypatch):
     assert compiled == [] and counting._eager_left == -200
     assert counting.count_above(scores, threshold)[1].tolist() == [290, 200]
     assert compiled == ["_packed_counts"]
+
+
+def test_counting_on_one_thread_gives_the_same_counts_and_restores_the_threads(monkeypatch):
+    """Between numpy GEMMs (coir_kernels/reference.py) the counts run on one torch
+    thread; they are the same integers, and torch's thread count comes back."""
+    monkeypatch.setattr(counting, "_eager_left", 0)  # compiled, as at scale
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.randn(37, counting.MAX_COLUMNS + 501, generator=gen)
+    scores[3, 7] = float("nan")
+    threshold = scores[:, 11].clone()
+    threads = torch.get_num_threads()
+    seen = []
+    original = counting._packed_counts_one_thread
+    counting._packed_counts_one_thread = lambda *a: seen.append(torch.get_num_threads()) or original(*a)
+    try:
+        assert [t.tolist() for t in counting.count_above(scores, threshold, one_thread=True)] == \
+            [t.tolist() for t in counting.count_above(scores, threshold)]
+    finally:
+        counting._packed_counts_one_thread = original
+    assert torch.get_num_threads() == threads
+    assert seen == [1, 1]  # two column blocks, each counted on one thread
