@@ -166,8 +166,11 @@ class Job:
         self.warmup_seconds = 0.0
         counting.compile_from_now()  # the warm-up compiles the counting loops, as it did before the eager start
         if args.provider != "faiss":
-            warm = provider_call(args, q[:64], g, target[:64], exclude[:64],
-                                 parts and tuple(x[:64] for x in parts), weights)
+            # rows enough for the timed call's GEMM plan (a small problem takes torch's), so the
+            # warm-up compiles the counting that plan uses (counting.on_one_thread for numpy's)
+            n = min(args.queries, max(64, gemm.SMALL_PROBLEM // args.gallery + 1))
+            warm = provider_call(args, q[:n], g, target[:n], exclude[:n],
+                                 parts and tuple(x[:n] for x in parts), weights)
             self.warmup_seconds, _ = self.timed(warm)
 
     def timed(self, fn=None) -> tuple[float, dict]:
