@@ -149,8 +149,8 @@ def _packed_counts_one_thread(scores: torch.Tensor, threshold: torch.Tensor) -> 
 def on_one_thread():
     """Torch on one thread, for counts between GEMMs on another library's threads (numpy's
     OpenBLAS): torch's OpenMP threads, once woken, spin-wait on the cores the next GEMM
-    needs. On 2 Zen 5 cores that doubled a 10k x 100k fp32 scoring; one thread counts a
-    1024 x 4096 tile in under a millisecond."""
+    needs, and the counts then cost as much as the GEMMs; one thread counts a tile in a
+    small fraction of its GEMM's time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
