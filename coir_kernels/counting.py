@@ -130,8 +130,9 @@ def count_above(scores: torch.Tensor, threshold: torch.Tensor, one_thread: bool 
     greater = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
     at_least = torch.zeros_like(greater)
     column = threshold.to(scores.dtype)[:, None]
-    fn = _packed_counts_one_thread if one_thread and not scores.is_cuda else _packed_counts
-    with on_one_thread() if fn is _packed_counts_one_thread else contextlib.nullcontext():
+    one_thread = one_thread and not scores.is_cuda
+    fn = _packed_counts_one_thread if one_thread else _packed_counts
+    with on_one_thread() if one_thread else contextlib.nullcontext():
         for start in range(0, scores.shape[1], MAX_COLUMNS):
             g, ge = unpack(_run_comparison(fn, scores[:, start : start + MAX_COLUMNS], column))
             greater += g

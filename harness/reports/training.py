@@ -31,7 +31,7 @@ def training_line(training: dict) -> str | None:
     )
 
 
-def training_precision(training: dict, config: dict) -> str:
+def recorded_precision(training: dict, config: dict) -> str:
     """What the steps ran in; results older than the field trained in --precision (auto: fp32)."""
     return training.get("precision") or ("fp32" if config.get("precision", "auto") == "auto" else config["precision"])
 
@@ -49,7 +49,7 @@ def training_table(results: list[tuple[Path, dict]]) -> list[str]:
         rows.append([
             path.name, start, training["train_queries"], training["batch_size"], training.get("grad_cache_chunk") or "-",
             f"{config['lr']:g}", config["warmup_steps"], training["epochs"], training["steps"],
-            f"{training['loss_curve'][-1]:.3f}", training_precision(training, config), training["seconds"],
+            f"{training['loss_curve'][-1]:.3f}", recorded_precision(training, config), training["seconds"],
             result.get("timings", {}).get("total_seconds"), training["samples_per_second"],
             training["peak_memory_bytes"] / MIB, training["peak_graph_bytes"] / MIB,
             composed.get("R@1"), composed.get("R@5"), composed.get("R@10"),
