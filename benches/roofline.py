@@ -27,25 +27,21 @@ def machine_key(device: torch.device) -> str:
 
 def measured_cpu_peak(dtype: torch.dtype) -> float:
     """FLOP/s of this CPU's fastest GEMM for `dtype` on the current threads: a
-    4096 x 16384 x 256 product, best of three (fp32: torch's or numpy's, whichever
-    coir_kernels/gemm.py found faster; bf16: torch's oneDNN)."""
+    4096 x 16384 x 256 product, best of five per library coir_kernels/gemm.py can use
+    for `dtype` (fp32: torch's, numpy's, the AVX-512 OpenBLAS; bf16: torch's oneDNN)."""
     import time
 
-    import numpy as np
+    from coir_kernels import gemm
 
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(4096, 256, generator=gen), torch.randn(16384, 256, generator=gen)
-    if dtype == torch.float32:
-        calls = [lambda: a @ b.T, lambda: np.matmul(a.numpy(), b.numpy().T)]
-    else:
-        a_lp, b_lp = a.to(dtype), b.to(dtype)
-        calls = [lambda: a_lp @ b_lp.T]
+    a, b = torch.randn(4096, 256, generator=gen).to(dtype), torch.randn(16384, 256, generator=gen).to(dtype)
+    buffer = gemm.TileBuffer()  # a fresh 256 MB output per call would time page faults
     best = float("inf")
-    for call in calls:
-        call()
-        for _ in range(3):
+    for library in gemm.libraries(dtype):
+        gemm.scores(a, b, buffer, library)
+        for _ in range(5):
             started = time.perf_counter()
-            call()
+            gemm.scores(a, b, buffer, library)
             best = min(best, time.perf_counter() - started)
     return 2.0 * 4096 * 16384 * 256 / best
 

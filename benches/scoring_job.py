@@ -16,10 +16,12 @@ for the compiled CPU counting, one warm-up call on a small problem done first).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,7 +29,7 @@ from benches.roofline import machine_key, measured_cpu_peak, t_min
 from coir_kernels import counting, gemm
 
 KS = (1, 5, 10, 50)
-PROVIDERS = ("reference-rank", "two-stage-rank", "triton-rank", "torch-mm-topk", "faiss", "triton-topk",
+PROVIDERS = ("reference-rank", "two-stage-rank", "triton-rank", "torch-mm-topk", "faiss", "faiss-avx512", "triton-topk",
              "reference-sweep", "two-stage-sweep", "recompute-sweep", "triton-sweep")
 
 
@@ -88,6 +90,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def force_faiss_avx512() -> None:
+    """faiss-cpu with its own OpenBLAS on its AVX-512 kernels: the peer given the kernels our
+    fp32 path can take (coir_kernels/openblas_avx512.py). OpenBLAS reads OPENBLAS_CORETYPE
+    once, when it loads: at `import faiss`, which no job has done before this call."""
+    from coir_kernels import gemm, openblas_avx512
+
+    missing = [f for f in openblas_avx512.REQUIRED_FLAGS if f not in gemm.cpu_flags()]
+    if missing:
+        raise SystemExit(f"faiss-avx512 needs a CPU with AVX-512; this one lacks {', '.join(missing)}")
+    if "faiss" in sys.modules:
+        raise SystemExit("faiss-avx512: faiss was imported before its kernels could be chosen")
+    os.environ["OPENBLAS_CORETYPE"] = openblas_avx512.FORCED_CORE
+
+
+def faiss_blas_core() -> str | None:
+    """The kernels faiss-cpu's own OpenBLAS loaded ("Haswell", "SkylakeX", ...), None if
+    that library is not found: which GEMM the faiss rows measured."""
+    import faiss
+
+    folder = Path(faiss.__file__).resolve().parent.parent / "faiss_cpu.libs"
+    libraries = sorted(folder.glob("libopenblas*.so*"))
+    if not libraries:
+        return None
+    library = ctypes.CDLL(str(libraries[0]))  # already loaded by faiss: the same handle
+    library.openblas_get_corename.restype = ctypes.c_char_p
+    return library.openblas_get_corename().decode()
+
+
 def provider_call(args, q, g, target, exclude, parts, weights):
     """The scoring call of args.provider on this problem: a function returning the
     Recall@K of the target, computed from that provider's own output."""
@@ -112,7 +142,9 @@ def provider_call(args, q, g, target, exclude, parts, weights):
         return lambda: recall_from_topk(torch.cat([
             torch.topk(q[start : start + rows] @ g.T, k + 1, dim=1).indices
             for start in range(0, q.shape[0], rows)]), target, exclude)
-    if p == "faiss":
+    if p in ("faiss", "faiss-avx512"):
+        if p == "faiss-avx512":
+            force_faiss_avx512()
         import faiss
 
         def search():
@@ -165,9 +197,9 @@ class Job:
         self.call = provider_call(args, q, g, target, exclude, parts, weights)
         self.warmup_seconds = 0.0
         counting.compile_from_now()  # the warm-up compiles the counting loops, as it did before the eager start
-        if args.provider != "faiss":
+        if not args.provider.startswith("faiss"):
             # rows enough for the timed call's GEMM plan (a small problem takes torch's), so the
-            # warm-up compiles the counting that plan uses (counting.on_one_thread for numpy's)
+            # warm-up compiles the counting that plan uses (counting.on_one_thread for OpenBLAS's)
             n = min(args.queries, max(64, gemm.SMALL_PROBLEM // args.gallery + 1))
             warm = provider_call(args, q[:n], g, target[:n], exclude[:n],
                                  parts and tuple(x[:n] for x in parts), weights)
@@ -210,6 +242,7 @@ class Job:
             "roofline": floor, "roofline_fraction": floor["t_min_s"] / seconds,
             "recall": recall,
             **({"gemm": self.gemm} if self.gemm else {}),
+            **({"blas_core": faiss_blas_core()} if args.provider.startswith("faiss") else {}),
         }
 
 

@@ -24,21 +24,25 @@ import time
 from pathlib import Path
 
 from benches.shard_plan import COMPUTED, computed_row
+from coir_kernels import gemm, openblas_avx512
 from harness.core import provenance
 from harness.core.atomic import write_json
 
 CIRR = dict(queries=4181, gallery=2297)
 REPO = Path(__file__).resolve().parent.parent
 
+# faiss as installed, and (where the CPU has AVX-512) given the AVX-512 kernels our
+# fp32 path may take (coir_kernels/openblas_avx512.py): both peers, both compared.
+CPU_FAISS = ("faiss", *(("faiss-avx512",) if set(openblas_avx512.REQUIRED_FLAGS) <= gemm.cpu_flags() else ()))
 # (label, job arguments); every job of a label scores the same problem
 PLANS = {
     "cpu": [
         *[("CIRR size", dict(provider=p, repeat=5, **CIRR))
-          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", "faiss")],
-        *[("10k x 100k", dict(provider=p, queries=10_000, gallery=100_000))
-          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", "faiss")],
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", *CPU_FAISS)],
+        *[("10k x 100k", dict(provider=p, repeat=3, queries=10_000, gallery=100_000))
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", *CPU_FAISS)],
         *[("10k x 1M", dict(provider=p, queries=10_000, gallery=1_000_000))
-          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", "faiss")],
+          for p in ("reference-rank", "two-stage-rank", "torch-mm-topk", *CPU_FAISS)],
         *[(f"sweep {n} triples, CIRR size", dict(provider=p, triples=n, **CIRR))
           for n in (1, 66, 231) for p in ("reference-sweep", "two-stage-sweep", "recompute-sweep")],
     ],

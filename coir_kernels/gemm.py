@@ -1,7 +1,9 @@
 """Which GEMM, and which tile shape, scores on this CPU.
 
 The score tiles of the CPU paths come from torch's GEMM (MKL or oneDNN) or, for
-fp32, numpy's (OpenBLAS). Their rates differ by tens of percent, not the same way
+fp32, numpy's (OpenBLAS) or, on CPUs with AVX-512, a second OpenBLAS running its
+AVX-512 kernels (`coir_kernels/openblas_avx512.py`: numpy's may not pick them on a
+CPU newer than its table). Their rates differ by tens of percent, not the same way
 on every CPU, and grow with the tile: a 1024 x 4096 tile can run at half the rate
 of a 4096 x 16384 one (benches/scoring_suite.py measures the paths end to end).
 
@@ -11,7 +13,7 @@ then use) with every library that multiplies the dtype, keeping the highest GFLO
 Plans are kept in $COIR_BENCH_CACHE/gemm_choice.json under a key naming the CPU by
 vendor, family/model/stepping and instruction sets (a VM's model name, "AMD EPYC",
 is the same for Zen 4 and Zen 5), the thread count and the libraries' versions.
-COIR_GEMM=torch or numpy forces the fp32 library and COIR_GEMM_TILE=ROWSxCOLUMNS
+COIR_GEMM=torch, numpy or openblas-avx512 forces the fp32 library and COIR_GEMM_TILE=ROWSxCOLUMNS
 the tile. Every choice gives fp32 sums of the same products: the counts do not
 depend on it beyond the near-ties that any two summation orders may order
 differently (coir_kernels/__init__.py).
@@ -30,12 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CHOICES = ("torch", "numpy")
+from coir_kernels import openblas_avx512
+
+CHOICES = ("torch", "numpy", "openblas-avx512")
 # Candidate tiles, (query rows, gallery columns): 16 MB to 256 MB of fp32 scores.
 TILES = ((1024, 4096), (2048, 8192), (1024, 16384), (4096, 16384))
 # A problem of at most this many scores takes the first tile and torch's GEMM
 # unmeasured: the probe (seconds) would cost more than any choice saves.
 SMALL_PROBLEM = 4 * 1024 * 4096
+# Seconds each library multiplies before its rates are taken (`measure`).
+SETTLE_SECONDS = 0.3
 # Instruction sets that change which kernels the libraries pick.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
@@ -54,8 +60,8 @@ def _cache_file() -> Path:
     return root / "gemm_choice.json"
 
 
-def machine_key() -> str:
-    """The CPU as the GEMM libraries see it: vendor, family/model/stepping, ISA, threads, versions."""
+def _cpu_fields() -> dict[str, str]:
+    """The first processor's lines of /proc/cpuinfo (none where it cannot be read)."""
     fields: dict[str, str] = {}
     try:
         with open(CPUINFO) as f:
@@ -66,11 +72,22 @@ def machine_key() -> str:
                 fields[key.strip()] = value.strip()
     except OSError:
         pass
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    return frozenset(_cpu_fields().get("flags", "").split())
+
+
+def machine_key() -> str:
+    """The CPU as the GEMM libraries see it: vendor, family/model/stepping, ISA, threads, versions."""
+    fields = _cpu_fields()
     flags = set(fields.get("flags", "").split())
     cpu = "/".join([fields.get("vendor_id", platform.machine()),
                     *(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))])
     isa = "+".join(f for f in ISA_FLAGS if f in flags) or "-"
-    return f"{cpu}|{isa}|threads {torch.get_num_threads()}|torch {torch.__version__}|numpy {np.__version__}"
+    return (f"{cpu}|{isa}|threads {torch.get_num_threads()}|torch {torch.__version__}|numpy {np.__version__}"
+            f"|{openblas_avx512.PACKAGE} {openblas_avx512.version()}")
 
 
 def _gflops(fn, flops: float, repeats: int = 3) -> float:
@@ -81,19 +98,34 @@ def _gflops(fn, flops: float, repeats: int = 3) -> float:
     return flops * repeats / (time.perf_counter() - started) / 1e9
 
 
+def libraries(dtype: torch.dtype) -> tuple[str, ...]:
+    """The libraries that multiply `dtype` in this process (numpy and OpenBLAS: fp32 only)."""
+    if dtype != torch.float32:
+        return ("torch",)
+    avx512 = openblas_avx512.available(cpu_flags())
+    return tuple(c for c in CHOICES if c != "openblas-avx512" or avx512)
+
+
 def measure(dim: int, dtype: torch.dtype, tiles=TILES) -> dict[str, float]:
-    """GFLOP/s of every (library, tile) this dtype can use, keyed "library RxC"."""
+    """GFLOP/s of every (library, tile) this dtype can use, keyed "library RxC".
+
+    One library at a time, each first multiplying for SETTLE_SECONDS: an OpenBLAS's
+    threads spin for a while after its last call (THREAD_TIMEOUT), on the cores the
+    next library's threads need, and its own threads start at its first call."""
     gen = torch.Generator().manual_seed(0)
+    operands = [(torch.randn(rows, dim, generator=gen).to(dtype), torch.randn(columns, dim, generator=gen).to(dtype))
+                for rows, columns in tiles]
     rates = {}
-    for rows, columns in tiles:
-        a = torch.randn(rows, dim, generator=gen).to(dtype)
-        b = torch.randn(columns, dim, generator=gen).to(dtype)
-        out = torch.empty(rows, columns, dtype=dtype)
-        flops = 2.0 * rows * columns * dim
-        rates[f"torch {rows}x{columns}"] = _gflops(functools.partial(torch.matmul, a, b.T, out=out), flops)
-        if dtype == torch.float32:
-            rates[f"numpy {rows}x{columns}"] = _gflops(
-                functools.partial(np.matmul, a.numpy(), b.numpy().T, out=out.numpy()), flops)
+    for library in libraries(dtype):
+        a, b = operands[0]
+        out = torch.empty(a.shape[0], b.shape[0], dtype=dtype)
+        settle = time.perf_counter() + SETTLE_SECONDS
+        while time.perf_counter() < settle:
+            _multiply(out, a, b, library)
+        for (rows, columns), (a, b) in zip(tiles, operands):
+            out = torch.empty(rows, columns, dtype=dtype)
+            rates[f"{library} {rows}x{columns}"] = _gflops(
+                functools.partial(_multiply, out, a, b, library), 2.0 * rows * columns * dim)
     return rates
 
 
@@ -101,6 +133,12 @@ def _forced() -> tuple[str | None, tuple[int, int] | None]:
     library, tile = os.environ.get("COIR_GEMM") or None, os.environ.get("COIR_GEMM_TILE") or None
     if library is not None and library not in CHOICES:
         raise ValueError(f"COIR_GEMM must be one of {', '.join(CHOICES)}, got {library!r}")
+    if library == "openblas-avx512":
+        try:
+            openblas_avx512.load(cpu_flags())
+        except openblas_avx512.Unavailable as err:
+            raise ValueError(f"COIR_GEMM=openblas-avx512 cannot run here: {err}; "
+                             "use torch or numpy") from None
     if tile is None:
         return library, None
     try:
@@ -138,7 +176,9 @@ def _known_rates(dim: int, dtype: torch.dtype) -> dict[str, float]:
     except (OSError, ValueError):
         known = {}
     entry = known.get(key)
-    if not isinstance(entry, dict) or not isinstance(entry.get("gflops"), dict):
+    probed = {name.split()[0] for name in entry["gflops"]} if isinstance(entry, dict) \
+        and isinstance(entry.get("gflops"), dict) else set()
+    if not set(libraries(dtype)) <= probed:  # none yet, or a library this process adds
         entry = known[key] = {"gflops": measure(dim, dtype)}  # every candidate: a forced one filters them
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +219,16 @@ class TileBuffer:
         return b
 
 
+def _multiply(out: torch.Tensor, query: torch.Tensor, gallery_block: torch.Tensor, library: str
+              ) -> torch.Tensor:
+    if query.dtype != torch.float32 or library == "torch":
+        return torch.matmul(query, gallery_block.T, out=out)
+    if library == "openblas-avx512":
+        return openblas_avx512.scores_into(out, query, gallery_block, cpu_flags())
+    np.matmul(query.detach().numpy(), gallery_block.detach().numpy().T, out=out.numpy())
+    return out
+
+
 def scores(query: torch.Tensor, gallery_block: torch.Tensor, buffer: TileBuffer | None = None,
            library: str | None = None) -> torch.Tensor:
     """query (R, D) @ gallery_block (C, D).T on CPU tensors by `library`'s GEMM (default:
@@ -189,7 +239,4 @@ def scores(query: torch.Tensor, gallery_block: torch.Tensor, buffer: TileBuffer 
     out = buffer.get(query.shape[0], gallery_block.shape[0], query) if buffer else \
         torch.empty(query.shape[0], gallery_block.shape[0], dtype=query.dtype)
     library = library or plan_for(query.shape[0], gallery_block.shape[0], query.shape[-1]).library
-    if query.dtype != torch.float32 or library == "torch":
-        return torch.matmul(query, gallery_block.T, out=out)
-    np.matmul(query.detach().numpy(), gallery_block.detach().numpy().T, out=out.numpy())
-    return out
+    return _multiply(out, query, gallery_block, library)

@@ -146,7 +146,7 @@ def tiled_counts(q: torch.Tensor, g_all: torch.Tensor, pos: torch.Tensor, skip: 
     at_least = torch.zeros_like(above)
     buffer = gemm.TileBuffer()
     columns = GALLERY_TILE or plan.gallery_columns
-    one_thread = plan.library == "numpy"  # the GEMMs on OpenBLAS's threads (counting.on_one_thread)
+    one_thread = plan.library != "torch"  # the GEMMs on OpenBLAS's threads (counting.on_one_thread)
     for block in range(0, g_all.shape[0], columns):
         tile = copies.apply(gemm.scores(q, g_all[block : block + columns], buffer, plan.library), block,
                             group_scores)

@@ -33,6 +33,39 @@ def test_smoke_plan_writes_every_row_with_the_same_recall(tmp_path):
     assert all("error" not in row for row in result["rows"]), result["rows"]
     assert rows["reference-rank"]["recall"] == rows["torch-mm-topk"]["recall"]
     assert result["hardware"]["cpu"] and result["git"]["commit"]
+    from harness.reports.scoring import scoring_section
+
+    lines = "\n".join(scoring_section(out, result))  # small problems: torch's GEMM, unprobed
+    assert "- tiny: GEMMs: reference-rank torch 1024x4096; two-stage-rank torch 1024x4096" in lines
+
+
+def _faiss_job(provider: str) -> dict:
+    done = subprocess.run(job_command(dict(provider=provider, queries=60, gallery=400, dim=32)), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_faiss_on_its_avx512_kernels_finds_what_faiss_finds():
+    """The second peer of the CPU plan: faiss-cpu's own OpenBLAS made to load its AVX-512
+    kernels (benches/scoring_job.py force_faiss_avx512)."""
+    pytest.importorskip("faiss")
+    from coir_kernels import gemm, openblas_avx512
+
+    if not set(openblas_avx512.REQUIRED_FLAGS) <= gemm.cpu_flags():
+        pytest.skip("no AVX-512 CPU here")
+    forced, plain = _faiss_job("faiss-avx512"), _faiss_job("faiss")
+    assert forced["provider"] == "faiss-avx512" and forced["recall"] == plain["recall"]
+    assert forced["blas_core"] == "SkylakeX" and plain["blas_core"]
+
+
+def test_faiss_avx512_says_what_it_needs(monkeypatch):
+    from benches import scoring_job
+    from coir_kernels import gemm
+
+    monkeypatch.setattr(gemm, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    with pytest.raises(SystemExit, match="needs a CPU with AVX-512; this one lacks avx512cd, avx512bw"):
+        scoring_job.force_faiss_avx512()
 
 
 def test_a_served_job_times_each_call_it_is_sent():

@@ -8,8 +8,9 @@ from tabulate import tabulate
 
 from harness.reports.header import section_header
 
-# Against which provider each label's speed-up is read: the peers of the issue.
-PEERS = ("faiss", "torch-mm-topk", "recompute-sweep")
+# Against which provider each label's speed-up is read: the peers of the issue, and
+# faiss given the AVX-512 kernels our fp32 path may take (benches/scoring_job.py).
+PEERS = ("faiss", "faiss-avx512", "torch-mm-topk", "recompute-sweep")
 
 
 def scoring_section(path: Path, result: dict) -> list[str]:
@@ -29,6 +30,7 @@ def scoring_section(path: Path, result: dict) -> list[str]:
                 r["recall"]["R@1"], r["recall"]["R@50"],
             ])
         notes += _comparisons(label, [r for r in group if "error" not in r])
+        notes += _kernels(label, [r for r in group if "error" not in r])
     layout = "rows one after another in one process" if result.get("jobs_in_process") else "each row its own process"
     return [
         *section_header(
@@ -68,6 +70,14 @@ def computed_table(rows: list[dict]) -> list[str]:
                                  "s per rank", "one device s", "speed-up"], tablefmt="github", floatfmt=".4g"),
         "",
     ]
+
+
+def _kernels(label: str, group: list[dict]) -> list[str]:
+    """Which GEMM each CPU row ran: our plan's library and tile, faiss's OpenBLAS kernels."""
+    used = [f"{r['provider']} {r['gemm']['library']} {r['gemm']['query_rows']}x{r['gemm']['gallery_columns']}"
+            if "gemm" in r else f"{r['provider']} OpenBLAS {r['blas_core']} kernels"
+            for r in group if "gemm" in r or r.get("blas_core")]
+    return [f"- {label}: GEMMs: {'; '.join(used)}"] if used else []
 
 
 def _comparisons(label: str, group: list[dict]) -> list[str]:

@@ -51,6 +51,7 @@ def test_the_fastest_probed_tile_is_kept_and_reused(monkeypatch, tmp_path):
     rates = {"torch 1024x4096": 50.0, "numpy 1024x4096": 60.0, "torch 4096x16384": 70.0,
              "numpy 4096x16384": 140.0}
     calls = []
+    monkeypatch.setattr(gemm, "libraries", lambda dtype: ("torch", "numpy"))
     monkeypatch.setattr(gemm, "measure", lambda dim, dtype: calls.append((dim, dtype)) or dict(rates))
     assert gemm.plan(256) == gemm.Plan("numpy", 4096, 16384, 140.0)
     assert calls == [(256, torch.float32)]
@@ -62,6 +63,21 @@ def test_the_fastest_probed_tile_is_kept_and_reused(monkeypatch, tmp_path):
     monkeypatch.setenv("COIR_GEMM", "torch")
     gemm.plan.cache_clear()
     assert gemm.plan(256) == gemm.Plan("torch", 4096, 16384, 70.0)
+
+
+def test_a_kept_plan_without_a_library_this_process_adds_is_probed_again(monkeypatch, tmp_path):
+    """A plan kept before scipy-openblas32 was installed has no AVX-512 OpenBLAS rates."""
+    monkeypatch.setattr(gemm, "libraries", lambda dtype: ("torch", "numpy"))
+    monkeypatch.setattr(gemm, "measure", lambda dim, dtype: {"torch 8x8": 1.0, "numpy 8x8": 2.0})
+    assert gemm.plan(256).library == "numpy"
+    gemm.plan.cache_clear()
+    monkeypatch.setattr(gemm, "libraries", lambda dtype: ("torch", "numpy", "openblas-avx512"))
+    monkeypatch.setattr(gemm, "measure", lambda dim, dtype: {"torch 8x8": 1.0, "numpy 8x8": 2.0,
+                                                            "openblas-avx512 8x8": 4.0})
+    assert gemm.plan(256) == gemm.Plan("openblas-avx512", 8, 8, 4.0)
+    kept = json.loads((tmp_path / "gemm_choice.json").read_text())
+    assert set(kept[f"{gemm.machine_key()}|float32|D 256"]["gflops"]) == {"torch 8x8", "numpy 8x8",
+                                                                          "openblas-avx512 8x8"}
 
 
 def test_a_forced_library_and_tile_are_not_probed(monkeypatch):
@@ -80,7 +96,7 @@ def test_small_problems_are_not_probed(monkeypatch):
 
 def test_a_wrong_library_is_refused(monkeypatch):
     monkeypatch.setenv("COIR_GEMM", "blas")
-    with pytest.raises(ValueError, match="COIR_GEMM must be one of torch, numpy, got 'blas'"):
+    with pytest.raises(ValueError, match="COIR_GEMM must be one of torch, numpy, openblas-avx512, got 'blas'"):
         gemm.plan(8)
 
 
@@ -95,6 +111,8 @@ def test_a_malformed_tile_is_refused(monkeypatch, value):
 def test_counts_are_the_same_under_any_planned_tile(monkeypatch, library):
     """The planned tile and library drive the loops: shapes that split the problem
     unevenly give the counts of one whole tile."""
+    if library not in gemm.libraries(torch.float32):
+        pytest.skip(f"{library} cannot run on this CPU")
     q, g, pos, exclude = make_problem(150, 700, 32, kind="integer", seed=3)
     whole = reference.target_rank_counts(q, g, pos, exclude)
     monkeypatch.setenv("COIR_GEMM", library)
@@ -107,10 +125,10 @@ def test_counts_are_the_same_under_any_planned_tile(monkeypatch, library):
     assert_counts_equal(reference.target_rank_counts(q, g, pos, exclude), whole, torch.float32)
     assert max(r for r, _, _ in seen) == 37 and max(c for _, c, _ in seen) == 101
     assert {lib for _, _, lib in seen} == {library}
-    # numpy's GEMMs run on OpenBLAS's threads: the counts between them on one torch thread
+    # OpenBLAS's GEMMs run on its own threads: the counts between them on one torch thread
     counted = []
     real_count = counting.count_above
     monkeypatch.setattr(counting, "count_above", lambda *a: counted.append(a[2]) or real_count(*a))
     reference.target_rank_counts(q, g, pos, exclude)
-    assert counted and set(counted) == {library == "numpy"}
+    assert counted and set(counted) == {library != "torch"}
     assert_counts_equal(two_stage.target_rank_counts(q, g, pos, exclude), whole, torch.bfloat16)
