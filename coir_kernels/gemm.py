@@ -75,7 +75,9 @@ def _cpu_fields() -> dict[str, str]:
     return fields
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
+    """This CPU's instruction-set flags (read once: every GEMM call of a library needing them asks)."""
     return frozenset(_cpu_fields().get("flags", "").split())
 
 
