@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "transformers", "numpy", "tokenizers", "safetensors", "pillow", "triton", "deepspeed")
+PACKAGES = ("torch", "transformers", "numpy", "tokenizers", "safetensors", "pillow", "triton", "deepspeed",
+            "scipy-openblas32", "faiss-cpu")  # the last two: the fp32 scoring GEMM, the peer
 REPO = Path(__file__).resolve().parents[2]  # harness/core/provenance.py -> the repository
 
 
