@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benches.roofline import machine_key, measured_cpu_peak, t_min
-from coir_kernels import counting, gemm
+from coir_kernels import counting, gemm, openblas_avx512
 
 KS = (1, 5, 10, 50)
 PROVIDERS = ("reference-rank", "two-stage-rank", "triton-rank", "torch-mm-topk", "faiss", "faiss-avx512", "triton-topk",
@@ -94,8 +94,6 @@ def force_faiss_avx512() -> None:
     """faiss-cpu with its own OpenBLAS on its AVX-512 kernels: the peer given the kernels our
     fp32 path can take (coir_kernels/openblas_avx512.py). OpenBLAS reads OPENBLAS_CORETYPE
     once, when it loads: at `import faiss`, which no job has done before this call."""
-    from coir_kernels import gemm, openblas_avx512
-
     missing = [f for f in openblas_avx512.REQUIRED_FLAGS if f not in gemm.cpu_flags()]
     if missing:
         raise SystemExit(f"faiss-avx512 needs a CPU with AVX-512; this one lacks {', '.join(missing)}")
