@@ -94,7 +94,7 @@ def force_faiss_avx512() -> None:
     """faiss-cpu with its own OpenBLAS on its AVX-512 kernels: the peer given the kernels our
     fp32 path can take (coir_kernels/openblas_avx512.py). OpenBLAS reads OPENBLAS_CORETYPE
     once, when it loads: at `import faiss`, which no job has done before this call."""
-    missing = [f for f in openblas_avx512.REQUIRED_FLAGS if f not in gemm.cpu_flags()]
+    missing = openblas_avx512.missing_flags(gemm.cpu_flags())
     if missing:
         raise SystemExit(f"faiss-avx512 needs a CPU with AVX-512; this one lacks {', '.join(missing)}")
     if "faiss" in sys.modules:

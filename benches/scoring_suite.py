@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # faiss as installed, and (where the CPU has AVX-512) given the AVX-512 kernels our
 # fp32 path may take (coir_kernels/openblas_avx512.py): both peers, both compared.
-CPU_FAISS = ("faiss", *(("faiss-avx512",) if set(openblas_avx512.REQUIRED_FLAGS) <= gemm.cpu_flags() else ()))
+CPU_FAISS = ("faiss", *(() if openblas_avx512.missing_flags(gemm.cpu_flags()) else ("faiss-avx512",)))
 # (label, job arguments); every job of a label scores the same problem
 PLANS = {
     "cpu": [

@@ -149,9 +149,9 @@ def _packed_counts_one_thread(scores: torch.Tensor, threshold: torch.Tensor) -> 
 @contextlib.contextmanager
 def on_one_thread():
     """Torch on one thread, for counts between GEMMs on another library's threads
-    (OpenBLAS's, numpy's or coir_kernels/openblas_avx512.py's): torch's OpenMP threads, once woken, spin-wait on the cores the next GEMM
-    needs, and the counts then cost as much as the GEMMs; one thread counts a tile in a
-    small fraction of its GEMM's time."""
+    (OpenBLAS's: numpy's or coir_kernels/openblas_avx512.py's): torch's OpenMP threads,
+    once woken, spin-wait on the cores the next GEMM needs, and the counts then cost as
+    much as the GEMMs; one thread counts a tile in a small fraction of its GEMM's time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

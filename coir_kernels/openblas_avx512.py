@@ -41,11 +41,16 @@ class Unavailable(RuntimeError):
     """This process cannot run the AVX-512 kernels; the message says why."""
 
 
+def missing_flags(flags: frozenset[str]) -> list[str]:
+    """The AVX-512 subsets the kernels need that a CPU reporting `flags` lacks."""
+    return [f for f in REQUIRED_FLAGS if f not in flags]
+
+
 @functools.cache
 def load(flags: frozenset[str]) -> ctypes.CDLL:
     """The library with its AVX-512 kernels, for a CPU reporting `flags`; raises
     `Unavailable` (saying why) where it cannot be had."""
-    missing = [f for f in REQUIRED_FLAGS if f not in flags]
+    missing = missing_flags(flags)
     if missing:
         raise Unavailable(f"the CPU does not report {', '.join(missing)}")
     if PACKAGE in sys.modules:
